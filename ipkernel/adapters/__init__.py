@@ -1,0 +1,1 @@
+"""Adapters: one Perspective Broker adapter per protocol over the one controller service."""

@@ -1,0 +1,64 @@
+"""The login gate: the root object of each listening port.
+
+A connection gets a :class:`Gate` of its own. Its one remote method, ``login(secret)``,
+checks the secret in constant time against every role the port serves and hands back that
+role's avatar. Until then the connection's broker keeps its small pre-authentication
+limits; after a good secret both ends raise them (the client does so on its side).
+A wrong secret is answered with ``StaleKeyFile`` and the connection is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.spread import pb
+from twisted.spread.flavors import IPBRoot
+from zope.interface import implementer
+
+from ipkernel.security import check_secret
+from ipkernel.wire.errors import WireError
+
+AvatarFactory = Callable[[pb.Broker], pb.Referenceable]
+
+
+@implementer(IPBRoot)
+class GateRoot:
+    """One per listening port: ``roles`` maps each role's secret to its avatar factory."""
+
+    def __init__(self, roles: list[tuple[str, AvatarFactory]]) -> None:
+        self.roles = roles
+
+    def rootObject(self, broker: pb.Broker) -> Gate:  # noqa: N802 - Twisted's name
+        return Gate(self.roles, broker)
+
+
+class Gate(pb.Referenceable):
+    """A connection's way in: one ``login`` attempt."""
+
+    def __init__(self, roles: list[tuple[str, AvatarFactory]], broker: pb.Broker) -> None:
+        self._roles = roles
+        self._broker = broker
+        self._tried = False
+
+    def remote_login(self, secret: object) -> pb.Referenceable:
+        """Return the avatar for ``secret``'s role, or fail with ``StaleKeyFile``."""
+        if self._tried:
+            raise WireError("StaleKeyFile", "only one login is allowed per connection")
+        self._tried = True
+        chosen = None
+        # Check every role so the time taken does not depend on which one matched.
+        for expected, factory in self._roles:
+            if check_secret(secret, expected) and chosen is None:
+                chosen = factory
+        if chosen is None:
+            self._broker.transport.loseConnection()
+            raise WireError(
+                "StaleKeyFile",
+                "the controller refused the key file's secret: the key file is stale "
+                "(from another controller or an earlier run); copy the current one from "
+                "the controller's security directory",
+            )
+        raise_limits = getattr(self._broker, "raise_limits", None)
+        if raise_limits is not None:
+            raise_limits()
+        return chosen(self._broker)

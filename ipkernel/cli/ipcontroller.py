@@ -1,0 +1,42 @@
+"""``ipcontroller``: run the controller in the foreground until Ctrl-C."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.logger import globalLogBeginner
+from twisted.python import usage
+
+from ipkernel import tap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, start the controller service, run the reactor; return the exit code."""
+    options = tap.Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as exc:
+        print(f"ipcontroller: {exc}\n\n{options}", file=sys.stderr)
+        return 2
+    from twisted.internet import reactor
+
+    globalLogBeginner.beginLoggingTo([tap.stderr_observer()], redirectStandardIO=False)
+    service = tap.makeService(options, reactor)
+    failed: list = []
+
+    def start() -> None:
+        try:
+            service.startService()
+        except Exception as exc:
+            print(f"ipcontroller: cannot start: {exc}", file=sys.stderr)
+            failed.append(exc)
+            reactor.stop()
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

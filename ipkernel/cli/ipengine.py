@@ -1,0 +1,125 @@
+"""``ipengine``: one engine that connects to the controller and serves until stopped."""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import threading
+
+from twisted.logger import Logger, globalLogBeginner
+from twisted.python import usage
+
+from ipkernel import paths, tap
+
+
+class Options(usage.Options):
+    """Options of ``ipengine``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Start one engine: it connects to the controller named by the engine key file, "
+        "registers, and runs what clients send it. It waits for the controller if it is "
+        "not there yet, and reconnects when it comes back."
+    )
+    optParameters = [
+        [
+            "furl-file",
+            None,
+            None,
+            "Engine key file (default: <security-dir>/ipcontroller-engine.furl).",
+        ],
+        ["security-dir", None, None, "Security directory (default: $IPKERNEL_DIR/security)."],
+        ["log-dir", None, None, "Where the log goes (default: $IPKERNEL_DIR/log)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["property"] = {}
+
+    def opt_property(self, value: str) -> None:
+        """KEY=VALUE: an initial engine property (repeatable); VALUE is a Python literal or text."""
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise usage.UsageError(f"--property needs KEY=VALUE, not {value!r}")
+        try:
+            self["property"][key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            self["property"][key] = text
+
+
+def mpi_module():
+    """``mpi4py.MPI`` when running under MPI with mpi4py installed, else ``None``."""
+    launched_by_mpi = any(
+        name in os.environ
+        for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+    )
+    if not launched_by_mpi:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    return MPI
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one engine until it is killed or told to stop; return the exit code."""
+    options = Options()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+    except usage.UsageError as exc:
+        print(f"ipengine: {exc}\n\n{options}", file=sys.stderr)
+        return 2
+    from twisted.internet import reactor
+
+    from ipkernel.engine import properties
+    from ipkernel.engine.core import EngineCore
+    from ipkernel.engine.executor import MainThreadExecutor
+    from ipkernel.engine.interpreter import Interpreter
+    from ipkernel.engine.service import EngineService
+
+    globalLogBeginner.beginLoggingTo([tap.stderr_observer()], redirectStandardIO=False)
+    tap.log_to_file(options["log-dir"], "ipengine")
+    log = Logger(namespace="ipengine")
+
+    mpi = mpi_module()
+    rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else None
+    properties.update(options["property"])
+    executor = MainThreadExecutor(reactor)
+    interpreter = Interpreter(engine_id=rank or 0, mpi=mpi, properties=properties)
+
+    def kill() -> None:
+        log.info("told to stop")
+        # Answer the controller first, then go, even if user code is still running.
+        reactor.callLater(0, service.stopService)
+        reactor.callLater(0.05, os._exit, 0)
+
+    core = EngineCore(
+        interpreter, properties, executor, on_kill=kill, on_interrupt=executor.interrupt
+    )
+    core.info["mpi_rank"] = rank
+    furl = options["furl-file"] or str(
+        paths.security_dir(options["security-dir"]) / paths.ENGINE_FURL
+    )
+    service = EngineService(core, furl, reactor, requested_id=rank)
+    properties.add_listener(
+        lambda version: reactor.callFromThread(service.notify_properties_changed, version)
+    )
+    reactor.callWhenRunning(service.startService)
+    thread = threading.Thread(
+        target=reactor.run, kwargs={"installSignalHandlers": False}, name="reactor", daemon=True
+    )
+    thread.start()
+    try:
+        executor.run()
+    except KeyboardInterrupt:
+        pass
+    reactor.callFromThread(service.stopService)
+    reactor.callFromThread(reactor.stop)
+    thread.join(5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

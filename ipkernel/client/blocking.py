@@ -1,0 +1,140 @@
+"""The bridge between synchronous callers and the reactor, which runs in a daemon thread.
+
+The synchronous clients are thin: each public method forwards to the asynchronous client
+through :func:`forward`, the one forwarding mechanism. A blocking call goes through
+``twisted.internet.threads.blockingCallFromThread``; Ctrl-C while it waits raises
+``KeyboardInterrupt`` at once, cancels the call's Deferred (its late answer is dropped)
+and leaves the client usable. A non-blocking call returns a
+:class:`~ipkernel.client.results.PendingResult` over a ``concurrent.futures.Future``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import threads
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from ipkernel.client.results import PendingResult
+from ipkernel.errors import ClientUnusable
+
+_lock = threading.Lock()
+_bridge: ReactorBridge | None = None
+
+
+class ReactorBridge:
+    """The reactor, running in a daemon thread of this process."""
+
+    def __init__(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self._pid = os.getpid()
+        self.thread = threading.Thread(
+            target=reactor.run,
+            kwargs={"installSignalHandlers": False},
+            name="ipkernel-reactor",
+            daemon=True,
+        )
+        started = threading.Event()
+        reactor.callWhenRunning(started.set)
+        self.thread.start()
+        if not started.wait(30):
+            raise ClientUnusable("the Twisted reactor did not start")
+
+    def check_usable(self) -> None:
+        """Raise :class:`ClientUnusable` where a blocking call would hang or deadlock."""
+        if os.getpid() != self._pid:
+            raise ClientUnusable(
+                "this client was created before os.fork(); the reactor thread does not exist "
+                "in the child process: create clients after forking"
+            )
+        if threading.current_thread() is self.thread:
+            raise ClientUnusable(
+                "a blocking ipkernel call was made from the reactor thread, where it would "
+                "deadlock; use the asynchronous client (ipkernel.client.AsyncMultiEngineClient)"
+            )
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` in the reactor thread and wait for its (Deferred) result."""
+        self.check_usable()
+        started: list[Deferred] = []
+
+        def start() -> Deferred:
+            d = maybeDeferred(fn, *args, **kwargs)
+            started.append(d)
+            return d
+
+        try:
+            return threads.blockingCallFromThread(self.reactor, start)
+        except KeyboardInterrupt:
+            if started:
+                self.reactor.callFromThread(started[0].cancel)
+            raise
+
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future:
+        """Start ``fn`` in the reactor thread; return a Future of its result at once."""
+        self.check_usable()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def start() -> None:
+            d = maybeDeferred(fn, *args, **kwargs)
+            d.addCallbacks(future.set_result, lambda f: future.set_exception(f.value))
+
+        self.reactor.callFromThread(start)
+        return future
+
+
+def get_bridge() -> ReactorBridge:
+    """The process's bridge, started on first use."""
+    global _bridge
+    with _lock:
+        if _bridge is None or not _bridge.thread.is_alive():
+            _bridge = ReactorBridge()
+        return _bridge
+
+
+def forward(name: str, *, targeted: bool = True) -> Callable[..., Any]:
+    """A synchronous method that forwards to the asynchronous client's method ``name``.
+
+    With ``targeted`` the method takes ``targets=`` and ``block=`` keywords whose
+    defaults are the instance's ``targets`` and ``block`` attributes; non-blocking calls
+    return a :class:`PendingResult`. Otherwise the call always blocks.
+    """
+
+    def method(self, *args: Any, **kwargs: Any) -> Any:
+        target = getattr(self._async, name)
+        if not targeted:
+            return self._bridge.call(target, *args, **kwargs)
+        block = kwargs.pop("block", None)
+        if kwargs.get("targets") is None:
+            kwargs["targets"] = self.targets
+        if self.block if block is None else block:
+            return self._bridge.call(target, *args, **kwargs)
+        pending = PendingResult(self._bridge.submit(target, *args, **kwargs), self)
+        self._pending.add(pending)
+        return pending
+
+    method.__name__ = name
+    return method
+
+
+def forwarded(async_cls: type, targeted: tuple[str, ...], untargeted: tuple[str, ...] = ()):
+    """Class decorator: add forwarding methods with the asynchronous methods' docs."""
+
+    def decorate(cls: type) -> type:
+        for names, is_targeted in ((targeted, True), (untargeted, False)):
+            for name in names:
+                method = forward(name, targeted=is_targeted)
+                functools.update_wrapper(method, getattr(async_cls, name), updated=())
+                setattr(cls, name, method)
+        return cls
+
+    return decorate

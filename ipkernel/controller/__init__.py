@@ -1,0 +1,1 @@
+"""The controller: engine registry, per-engine queues, MultiEngine and task services."""

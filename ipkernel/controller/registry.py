@@ -1,0 +1,124 @@
+"""The engine registry: which engines are connected, under which ids.
+
+Ids are integers from 0 and are never handed to a second engine while the first holds
+them. An engine may ask for an id (its MPI rank, or its old id when it reconnects) and
+gets it if no connected engine holds it; otherwise, and when it asks for nothing, it gets
+the next id never given out before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from zope.interface.verify import verifyObject
+
+from ipkernel.errors import InvalidEngineID, NoEnginesRegistered
+from ipkernel.interfaces.engine import IEngine
+
+Listener = Callable[[int], None]
+
+
+class EngineRegistry:
+    """Engines by id, with listeners told of every arrival and departure."""
+
+    def __init__(self) -> None:
+        self._engines: dict[int, IEngine] = {}
+        self._next_id = 0
+        self._added: list[Listener] = []
+        self._removed: list[Listener] = []
+
+    def register(self, engine: IEngine, requested_id: int | None = None) -> int:
+        """Add ``engine``, set ``engine.id`` and return it.
+
+        ``requested_id`` is granted when it is a non-negative int no connected engine
+        holds. Listeners added with :meth:`on_added` are called after the engine is in.
+        """
+        verifyObject(IEngine, engine, tentative=True)
+        if (
+            isinstance(requested_id, int)
+            and not isinstance(requested_id, bool)
+            and requested_id >= 0
+            and requested_id not in self._engines
+        ):
+            engine_id = requested_id
+        else:
+            while self._next_id in self._engines:
+                self._next_id += 1
+            engine_id = self._next_id
+        self._next_id = max(self._next_id, engine_id + 1)
+        engine.id = engine_id
+        self._engines[engine_id] = engine
+        for listener in list(self._added):
+            listener(engine_id)
+        return engine_id
+
+    def unregister(self, engine_id: int) -> None:
+        """Remove an engine (no error if it is already gone); tell the listeners."""
+        if self._engines.pop(engine_id, None) is None:
+            return
+        for listener in list(self._removed):
+            listener(engine_id)
+
+    def on_added(self, listener: Listener) -> None:
+        """Call ``listener(engine_id)`` after each registration."""
+        self._added.append(listener)
+
+    def on_removed(self, listener: Listener) -> None:
+        """Call ``listener(engine_id)`` after each departure."""
+        self._removed.append(listener)
+
+    def ids(self) -> list[int]:
+        """The registered ids, ascending."""
+        return sorted(self._engines)
+
+    def get(self, engine_id: int) -> IEngine:
+        """The engine with that id; :class:`InvalidEngineID` if there is none."""
+        try:
+            return self._engines[engine_id]
+        except KeyError:
+            raise InvalidEngineID(
+                f"no engine with id {engine_id!r}; registered ids: {self.ids()}"
+            ) from None
+
+    def __contains__(self, engine_id: object) -> bool:
+        return engine_id in self._engines
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def resolve(self, targets: object) -> list[int]:
+        """Turn a ``targets`` value into a list of registered ids, in the order given.
+
+        ``'all'`` is every registered id, ascending. Raises :class:`NoEnginesRegistered`
+        when no engine is registered, ``ValueError`` naming a value that is not ``'all'``,
+        an int or a list of ints, and :class:`InvalidEngineID` for an unknown id.
+        """
+        ids = check_targets(targets)
+        if not self._engines:
+            raise NoEnginesRegistered(
+                "no engines are registered with the controller; start some with "
+                "`ipengine` or `ipcluster -n N`"
+            )
+        if ids is None:
+            return self.ids()
+        unknown = [i for i in ids if i not in self._engines]
+        if unknown:
+            raise InvalidEngineID(f"no engine with id {unknown[0]!r}; registered ids: {self.ids()}")
+        return ids
+
+
+def check_targets(targets: object) -> list[int] | None:
+    """Validate a ``targets`` value; ``None`` stands for ``'all'``.
+
+    Raises ``ValueError`` naming the value unless it is ``'all'``, an int, or a list or
+    tuple of ints.
+    """
+    if targets == "all" and isinstance(targets, str):
+        return None
+    if isinstance(targets, int) and not isinstance(targets, bool):
+        return [targets]
+    if isinstance(targets, (list, tuple)) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in targets
+    ):
+        return list(targets)
+    raise ValueError(f"targets must be 'all', an engine id (int) or a list of ids, not {targets!r}")

@@ -1,0 +1,74 @@
+"""ControllerService: the one service that owns engines, queues and the client services.
+
+It knows nothing of PB or TLS: adapters (``ipkernel.adapters``) register engines with it
+and expose its :class:`~ipkernel.interfaces.IMultiEngine` (and task controller) to
+clients. ``ipkernel.tap`` puts it together with its network listeners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from ipkernel.controller.multiengine import MultiEngine
+from ipkernel.controller.queue import EngineQueue
+from ipkernel.controller.registry import EngineRegistry
+from ipkernel.interfaces.engine import IEngine
+
+
+class ControllerService(MultiService):
+    """Engine registry, one queue per engine, and the MultiEngine service over them.
+
+    ``on_stop_requested`` is called when a client asks for the controller to stop
+    (``mec.kill(controller=True)``); the program that runs the service decides what that
+    means (``ipcontroller`` stops its reactor). No method here stops a reactor.
+    """
+
+    log = Logger()
+
+    def __init__(self, on_stop_requested: Callable[[], Any] | None = None) -> None:
+        super().__init__()
+        self.registry = EngineRegistry()
+        self.queues: dict[int, EngineQueue] = {}
+        self._on_stop_requested = on_stop_requested
+        self.multiengine = MultiEngine(self.registry, self.queues, self.request_stop)
+        self.properties_listeners: list[Callable[[int, int], Any]] = []
+
+    def register_engine(self, engine: IEngine, requested_id: int | None = None) -> int:
+        """Add a connected engine; return its id. It leaves when it disconnects."""
+        queue = EngineQueue(engine)
+        engine_id = self.registry.register(engine, requested_id)
+        self.queues[engine_id] = queue
+        engine.notify_on_disconnect(lambda e: self.unregister_engine(engine_id))
+        self.log.info(
+            "engine {engine_id} registered: {info}", engine_id=engine_id, info=engine.info
+        )
+        return engine_id
+
+    def unregister_engine(self, engine_id: int) -> None:
+        """Remove an engine; everything queued for it fails with ``EngineError``."""
+        queue = self.queues.pop(engine_id, None)
+        if queue is None:
+            return
+        queue.close(f"engine {engine_id} died or disconnected before running this command")
+        self.registry.unregister(engine_id)
+        self.log.info("engine {engine_id} unregistered", engine_id=engine_id)
+
+    def properties_changed(self, engine_id: int, version: int) -> None:
+        """An engine reports new properties (the task scheduler re-checks waiting tasks)."""
+        for listener in list(self.properties_listeners):
+            listener(engine_id, version)
+
+    def request_stop(self) -> None:
+        """Ask the program running this service to stop it."""
+        if self._on_stop_requested is not None:
+            self._on_stop_requested()
+
+    def stopService(self):  # noqa: N802 - Twisted's name
+        for engine_id in self.registry.ids():
+            engine = self.registry.get(engine_id)
+            engine.disconnect()
+        return super().stopService()

@@ -1,0 +1,163 @@
+"""EngineCore: an :class:`~ipkernel.interfaces.IEngine` over one interpreter, in process.
+
+It decodes the frames a command carries, runs it against the
+:class:`~ipkernel.engine.interpreter.Interpreter` and the engine's properties, and encodes
+the reply as an outcome. Queued commands run through an *executor* (in ``ipengine``, the
+process's main thread; in tests, synchronously); direct commands run at once in the
+caller's thread. No network code: ``ipkernel.engine.service`` puts it on the wire, and
+tests drive it directly or hand it to a controller service as a fake engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from zope.interface import implementer
+
+from ipkernel.engine.interpreter import Interpreter
+from ipkernel.engine.properties import Properties
+from ipkernel.interfaces.engine import DIRECT_COMMANDS, QUEUED_COMMANDS, IEngine
+from ipkernel.serialization import deserialize, serialize, serialize_failure
+
+Executor = Callable[..., Deferred]
+
+
+def run_inline(fn: Callable, *args: Any) -> Deferred:
+    """The executor for tests: run ``fn(*args)`` now, in this thread."""
+    return maybeDeferred(fn, *args)
+
+
+def _keys(value: object) -> str | list[str]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(k, str) for k in value):
+        return list(value)
+    raise TypeError(f"keys must be a string or a list of strings, not {value!r}")
+
+
+@implementer(IEngine)
+class EngineCore:
+    """One engine's commands, as outcomes.
+
+    ``on_kill`` and ``on_interrupt`` are called for the ``kill`` and ``interrupt``
+    commands; the process that hosts the engine decides what they do.
+    """
+
+    def __init__(
+        self,
+        interpreter: Interpreter,
+        properties: Properties,
+        executor: Executor = run_inline,
+        on_kill: Callable[[], Any] | None = None,
+        on_interrupt: Callable[[], Any] | None = None,
+    ) -> None:
+        self.interpreter = interpreter
+        self.properties = properties
+        self.info: dict = {}
+        self._executor = executor
+        self._on_kill = on_kill
+        self._on_interrupt = on_interrupt
+        self._disconnect_listeners: list[Callable[[Any], None]] = []
+
+    @property
+    def id(self) -> int:
+        return self.interpreter.engine_id
+
+    @id.setter
+    def id(self, value: int) -> None:
+        self.interpreter.engine_id = value
+
+    # IEngine
+
+    def call(self, command: str, args: list) -> Deferred:
+        handler = getattr(self, f"cmd_{command}", None)
+        if handler is None or (command not in QUEUED_COMMANDS and command not in DIRECT_COMMANDS):
+            return succeed(("error", ("ValueError", f"unknown engine command {command!r}")))
+        if command in QUEUED_COMMANDS:
+            d = self._executor(self._outcome, command, handler, args)
+        else:
+            d = succeed(self._outcome(command, handler, args))
+        return d
+
+    def notify_on_disconnect(self, callback: Callable[[Any], None]) -> None:
+        self._disconnect_listeners.append(callback)
+
+    def disconnect(self) -> None:
+        for listener in list(self._disconnect_listeners):
+            listener(self)
+
+    def _outcome(self, command: str, handler: Callable, args: list) -> tuple:
+        try:
+            return ("ok", serialize(handler(*args)))
+        except BaseException as exc:  # user code may raise anything, KeyboardInterrupt too
+            if isinstance(exc, SystemExit):
+                exc = RuntimeError(f"user code called sys.exit({exc.code!r})")
+            return ("raised", serialize_failure(exc, engine_id=self.id, method=command))
+
+    # Queued commands: the engine's namespace.
+
+    def cmd_execute(self, code: str) -> dict:
+        if not isinstance(code, str):
+            raise TypeError(f"execute() needs a string of code, not {type(code).__name__}")
+        return self.interpreter.execute(code)
+
+    def cmd_push(self, frames: list) -> None:
+        self.interpreter.push(_namespace(deserialize(frames)))
+
+    def cmd_pull(self, keys: object) -> Any:
+        return self.interpreter.pull(_keys(keys))
+
+    def cmd_push_function(self, frames: list) -> None:
+        self.interpreter.push_function(_namespace(deserialize(frames)))
+
+    def cmd_pull_function(self, keys: object) -> Any:
+        return self.interpreter.pull_function(_keys(keys))
+
+    def cmd_get_result(self, i: int | None = None) -> dict:
+        return self.interpreter.get_result(i)
+
+    def cmd_reset(self) -> None:
+        self.interpreter.reset()
+
+    def cmd_keys(self) -> list[str]:
+        return self.interpreter.keys()
+
+    def cmd_apply(self, frames: list) -> list:
+        func, seq = deserialize(frames)
+        return self.interpreter.apply(func, seq)
+
+    # Direct commands: answered at once, even while user code runs.
+
+    def cmd_get_properties(self, keys: object = None) -> dict:
+        return self.properties.get(None if keys is None else _keys(keys))
+
+    def cmd_set_properties(self, frames: list) -> None:
+        self.properties.update(_namespace(deserialize(frames)))
+
+    def cmd_has_properties(self, keys: object) -> Any:
+        return self.properties.has(_keys(keys))
+
+    def cmd_del_properties(self, keys: object) -> None:
+        self.properties.delete(_keys(keys))
+
+    def cmd_clear_properties(self) -> None:
+        self.properties.clear()
+
+    def cmd_ping(self) -> str:
+        return "pong"
+
+    def cmd_kill(self) -> None:
+        if self._on_kill is not None:
+            self._on_kill()
+
+    def cmd_interrupt(self) -> None:
+        if self._on_interrupt is not None:
+            self._on_interrupt()
+
+
+def _namespace(value: object) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError("expected a dict with string keys")
+    return value

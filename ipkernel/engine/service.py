@@ -1,0 +1,153 @@
+"""EngineService: connect an engine to its controller, register, and stay connected.
+
+The engine reads its key file, dials the controller over TLS, logs in, and registers its
+:class:`EngineReference` (the PB face of :class:`~ipkernel.engine.core.EngineCore`). If the
+controller is not there yet, or goes away, it retries with back-off, asking for its old id
+on the way back; the key file is read again on every attempt, so a restarted controller
+with new keys is picked up.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread import pb
+
+from ipkernel.engine.core import EngineCore
+from ipkernel.errors import KeyFileNotFound
+from ipkernel.security import read_key_file
+from ipkernel.wire.connect import login
+
+
+class EngineReference(pb.Referenceable):
+    """What the controller calls: one method, ``call(command, args)`` → outcome."""
+
+    def __init__(self, core: EngineCore) -> None:
+        self._core = core
+
+    def remote_call(self, command: object, args: object) -> Deferred:
+        if not isinstance(command, str) or not isinstance(args, (list, tuple)):
+            return ("error", ("TypeError", "call(command: str, args: list) expected"))
+        return self._core.call(command, list(args))
+
+
+class EngineService(Service):
+    """Keeps one engine registered with the controller named by ``furl_file``.
+
+    ``initial_delay``/``max_delay`` bound the back-off (seconds) between attempts.
+    ``on_registered(engine_id)`` is called after each (re-)registration.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        core: EngineCore,
+        furl_file: Path,
+        reactor: Any,
+        *,
+        requested_id: int | None = None,
+        initial_delay: float = 0.02,
+        max_delay: float = 2.0,
+    ) -> None:
+        self.core = core
+        self.furl_file = Path(furl_file)
+        self.reactor = reactor
+        self.requested_id = requested_id
+        self.initial_delay = initial_delay
+        self.max_delay = max_delay
+        self.engine_id: int | None = None
+        self.registrar: pb.RemoteReference | None = None
+        self._delay = initial_delay
+        self._retry_call = None
+        self._last_complaint: str | None = None
+        self.registered: list[Deferred] = []
+        core.info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "mpi_rank": requested_id
+            if core.info.get("mpi_rank") is None
+            else core.info["mpi_rank"],
+        }
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        self._attempt()
+
+    def stopService(self) -> Deferred | None:  # noqa: N802 - Twisted's name
+        super().stopService()
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        if self.registrar is not None and self.registrar.broker.transport is not None:
+            self.registrar.broker.transport.loseConnection()
+        return None
+
+    def when_registered(self) -> Deferred:
+        """A Deferred that fires with the engine id at the next registration."""
+        d: Deferred = Deferred()
+        if self.engine_id is not None and self.registrar is not None:
+            d.callback(self.engine_id)
+        else:
+            self.registered.append(d)
+        return d
+
+    def _attempt(self) -> None:
+        self._retry_call = None
+        if not self.running:
+            return
+        try:
+            keyfile = read_key_file(self.furl_file)
+        except (KeyFileNotFound, ValueError) as exc:
+            self._retry(str(exc))
+            return
+        d = login(self.reactor, keyfile, source=str(self.furl_file))
+        d.addCallback(self._register)
+        d.addErrback(lambda f: self._retry(f.getErrorMessage()))
+
+    def _register(self, registrar: pb.RemoteReference) -> Deferred:
+        ask = self.engine_id if self.engine_id is not None else self.requested_id
+        d = registrar.callRemote("register", EngineReference(self.core), ask, self.core.info)
+
+        def registered(engine_id: int) -> None:
+            self.registrar = registrar
+            self.engine_id = engine_id
+            self.core.id = engine_id
+            self._delay = self.initial_delay
+            self._last_complaint = None
+            registrar.notifyOnDisconnect(self._lost)
+            self.log.info("registered with the controller as engine {id}", id=engine_id)
+            waiting, self.registered = self.registered, []
+            for w in waiting:
+                w.callback(engine_id)
+
+        return d.addCallback(registered)
+
+    def _lost(self, ref: object) -> None:
+        self.registrar = None
+        if self.running:
+            self.log.info("lost the controller; reconnecting")
+            self._retry(None)
+
+    def _retry(self, reason: str | None) -> None:
+        if not self.running:
+            return
+        if reason and reason != self._last_complaint:
+            self.log.info("waiting for the controller: {reason}", reason=reason)
+            self._last_complaint = reason
+        self._retry_call = self.reactor.callLater(self._delay, self._attempt)
+        self._delay = min(self._delay * 1.5, self.max_delay)
+
+    def notify_properties_changed(self, version: int) -> None:
+        """Tell the controller (from the reactor thread) that the properties changed."""
+        if self.registrar is not None:
+            self.registrar.callRemote("properties_changed", version).addErrback(lambda f: None)
+
+    def _ignore(self, failure: Failure) -> None:
+        return None

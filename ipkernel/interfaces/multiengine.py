@@ -1,0 +1,58 @@
+"""IMultiEngine: run commands on chosen engines, by id.
+
+The controller implements this over its engine registry and per-engine queues
+(``ipkernel.controller.multiengine``); the PB adapter exposes it to MultiEngine clients.
+
+``targets`` is ``'all'``, an ``int`` engine id, or a ``list`` of ids, always in the
+order given. Methods that act on engines fire with a list of ``(engine_id, outcome)``
+pairs (outcomes as in :mod:`ipkernel.interfaces.engine`), one per target in target order,
+and errback only for errors of the whole call:
+
+- :class:`ipkernel.errors.InvalidEngineID` if a target id is not registered;
+- :class:`ipkernel.errors.NoEnginesRegistered` if there are no engines at all;
+- :class:`ValueError` naming a ``targets`` value of the wrong type.
+
+A failure on one engine is that engine's outcome and never disturbs the others.
+"""
+
+from zope.interface import Interface
+
+
+class IMultiEngine(Interface):
+    """The MultiEngine service of one controller."""
+
+    def get_ids():
+        """Return the ids of the registered engines, ascending (a list, not a Deferred)."""
+
+    def call(targets, command, args):
+        """Queue ``command(*args)`` on every target.
+
+        ``command`` is an engine command name (see ``IEngine.call``); ``args`` is the same
+        list of wire-safe arguments for every target. Queued commands wait their turn in
+        each engine's queue; direct ones are sent at once.
+
+        Returns a Deferred firing with the ``(engine_id, outcome)`` pairs in target order.
+        """
+
+    def call_each(targets, command, args_per_target):
+        """Like :meth:`call`, but target ``i`` gets ``args_per_target[i]`` (scatter, map).
+
+        ``len(args_per_target)`` must equal the number of targets once ``'all'`` is
+        resolved, else the Deferred errbacks with ``ValueError``.
+        """
+
+    def queue_status(targets):
+        """Fire with ``[(id, {'queue': [command names], 'pending': name or None}), ...]``."""
+
+    def clear_queue(targets):
+        """Drop every queued, not yet started command on the targets.
+
+        Each dropped command's outcome becomes ``("error", ("QueueCleared", ...))``.
+        Fires with ``[None, ...]``, one per target.
+        """
+
+    def kill(targets, controller=False):
+        """Stop the target engines; with ``controller=True`` stop the controller afterwards.
+
+        Fires with the ``(engine_id, outcome)`` pairs of the ``kill`` commands.
+        """

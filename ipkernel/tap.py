@@ -1,0 +1,165 @@
+"""The controller as a service: options and ``makeService`` for twistd and ``ipcontroller``.
+
+``twistd -n ipcontroller`` (foreground) and ``twistd ipcontroller`` (daemon) load this
+module through the dropin in ``twisted/plugins``; the ``ipcontroller`` command runs the
+same service in its own reactor.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.logger import FileLogObserver, Logger, formatEventAsClassicLogText, globalLogPublisher
+from twisted.python import usage
+
+from ipkernel import paths
+from ipkernel.adapters.gate import GateRoot
+from ipkernel.adapters.pb_engine import EngineRegistrar
+from ipkernel.adapters.pb_multiengine import MultiEngineAdapter
+from ipkernel.controller.service import ControllerService
+from ipkernel.security import ControllerKeys, previous_ports
+from ipkernel.wire.broker import ServerFactory
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{value} is not a TCP port")
+    return port
+
+
+class Options(usage.Options):
+    """Options of the controller (``ipcontroller --help``)."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the ipkernel controller: engines register with it and MultiEngine and Task "
+        "clients connect to it, all over TLS. Key files for engines and clients are "
+        "written to the security directory."
+    )
+    optParameters = [
+        ["ip", None, "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."],
+        ["engine-port", None, 0, "Port for engines (default: a random free port).", _port],
+        ["client-port", None, 0, "Port for clients (default: a random free port).", _port],
+        ["security-dir", None, None, "Where key files go (default: $IPKERNEL_DIR/security)."],
+        ["log-dir", None, None, "Where the log goes (default: $IPKERNEL_DIR/log)."],
+        ["db", None, None, "Task record store (SQLite file); default: in memory."],
+        [
+            "location",
+            None,
+            None,
+            "Host name or address written into key files (default: the listen address, "
+            "or this host's name when listening on 0.0.0.0).",
+        ],
+    ]
+    optFlags = [
+        [
+            "reuse-keys",
+            None,
+            "Keep the certificate, secrets and ports of an earlier run, so copied key "
+            "files stay valid.",
+        ],
+    ]
+
+
+class ControllerListeners(Service):
+    """Listens on the engine and client ports and writes the key files once bound."""
+
+    log = Logger()
+
+    def __init__(self, controller: ControllerService, options: dict, reactor: Any = None) -> None:
+        self.controller = controller
+        self.options = options
+        self._reactor = reactor
+        self.ports: list = []
+        self.keys: ControllerKeys | None = None
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        opts = self.options
+        security = paths.security_dir(opts["security-dir"])
+        reuse = bool(opts["reuse-keys"])
+        old_engine_port, old_client_port = previous_ports(security) if reuse else (None, None)
+        self.keys = keys = ControllerKeys.create(security, reuse=reuse)
+        tls = keys.identity.server_options()
+        ip = opts["ip"]
+        controller = self.controller
+
+        def engine_avatar(broker):
+            return EngineRegistrar(controller, broker)
+
+        def multiengine_avatar(broker):
+            return MultiEngineAdapter(controller.multiengine)
+
+        engine_root = GateRoot([(keys.engine_secret, engine_avatar)])
+        client_roles = [(keys.mec_secret, multiengine_avatar)]
+        task_avatar = getattr(controller, "task_avatar", None)
+        if task_avatar is not None:
+            client_roles.append((keys.tc_secret, task_avatar))
+        client_root = GateRoot(client_roles)
+
+        engine_port = opts["engine-port"] or old_engine_port or 0
+        client_port = opts["client-port"] or old_client_port or 0
+        listen = self.reactor.listenSSL
+        self.ports = [
+            listen(engine_port, ServerFactory(engine_root), tls, interface=ip),
+            listen(client_port, ServerFactory(client_root), tls, interface=ip),
+        ]
+        location = opts["location"] or (socket.gethostname() if ip in ("0.0.0.0", "::") else ip)
+        bound_engine, bound_client = (p.getHost().port for p in self.ports)
+        keys.write_key_files(location, bound_engine, bound_client)
+        self.log.info(
+            "controller listening on {ip}: engines on port {e}, clients on port {c}; "
+            "key files in {dir}",
+            ip=ip,
+            e=bound_engine,
+            c=bound_client,
+            dir=str(security),
+        )
+
+    def stopService(self):  # noqa: N802 - Twisted's name
+        super().stopService()
+        from twisted.internet.defer import gatherResults, maybeDeferred
+
+        ports, self.ports = self.ports, []
+        return gatherResults([maybeDeferred(p.stopListening) for p in ports])
+
+
+def log_to_file(log_dir: str | None, name: str) -> str:
+    """Send this process's log to ``<log-dir>/<name>-<pid>.log``; return the path."""
+    directory = paths.ensure_private_dir(paths.log_dir(log_dir))
+    path = directory / f"{name}-{os.getpid()}.log"
+    stream = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    globalLogPublisher.addObserver(FileLogObserver(stream, formatEventAsClassicLogText))
+    return str(path)
+
+
+def makeService(config: usage.Options, reactor: Any = None) -> MultiService:  # noqa: N802
+    """The controller service with its listeners, for twistd and ``ipcontroller``."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    log_to_file(config["log-dir"], "ipcontroller")
+    top = MultiService()
+    controller = ControllerService(on_stop_requested=lambda: reactor.callLater(0.1, reactor.stop))
+    controller.setServiceParent(top)
+    ControllerListeners(controller, dict(config), reactor).setServiceParent(top)
+    return top
+
+
+def stderr_observer():
+    """A log observer writing classic text lines to stderr."""
+    return FileLogObserver(sys.stderr, formatEventAsClassicLogText)

@@ -1,0 +1,74 @@
+"""Dial the controller named by a key file, check its certificate, log in.
+
+Used by engines and clients alike. :func:`login` fires with the role's avatar (a PB
+``RemoteReference``) or errbacks with an error that says what to do:
+:class:`~ipkernel.errors.ControllerUnreachable` (address and port),
+:class:`~ipkernel.errors.StaleKeyFile` (wrong certificate or secret).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, TimeoutError
+from twisted.python.failure import Failure
+from twisted.spread import pb
+
+from ipkernel.errors import ControllerUnreachable, StaleKeyFile
+from ipkernel.security import KeyFile, client_tls_options
+from ipkernel.wire.broker import ClientFactory
+from ipkernel.wire.errors import exception_from_failure
+
+
+def login(
+    reactor, keyfile: KeyFile, *, source: str = "the key file", timeout: float = 10.0
+) -> Deferred:
+    """Connect to ``keyfile``'s controller and log in with its secret.
+
+    Fires with the avatar; ``avatar.broker`` is the connection. ``source`` names the key
+    file in error messages.
+    """
+    factory = ClientFactory()
+    tls = client_tls_options(keyfile.fingerprint)
+    where = f"{keyfile.host}:{keyfile.port}"
+    reactor.connectSSL(keyfile.host, keyfile.port, factory, tls, timeout=timeout)
+
+    def logged_in(avatar: pb.RemoteReference) -> pb.RemoteReference:
+        raise_limits = getattr(avatar.broker, "raise_limits", None)
+        if raise_limits is not None:
+            raise_limits()
+        return avatar
+
+    def failed(failure: Failure) -> Failure:
+        if failure.check(ConnectError, TimeoutError):
+            raise ControllerUnreachable(
+                f"cannot reach the controller at {where} ({failure.getErrorMessage().strip()}); "
+                f"is it running? (address from {source})"
+            )
+        if _is_certificate_mismatch(tls, failure):
+            raise StaleKeyFile(
+                f"the controller at {where} did not present the certificate named in "
+                f"{source}: the key file is stale; copy the current one from the "
+                "controller's security directory"
+            )
+        if failure.check(ConnectionLost, ConnectionDone, pb.PBConnectionLost):
+            raise ControllerUnreachable(
+                f"the connection to the controller at {where} was closed during login "
+                f"({failure.getErrorMessage().strip()}); check that {source} is current"
+            )
+        exc = exception_from_failure(failure)
+        if isinstance(exc, StaleKeyFile):
+            raise StaleKeyFile(f"{exc} ({source})")
+        return Failure(exc) if exc is not failure.value else failure
+
+    d = factory.getRootObject()
+    d.addCallback(lambda root: root.callRemote("login", keyfile.secret))
+    d.addCallbacks(logged_in, failed)
+    return d
+
+
+def _is_certificate_mismatch(tls: object, failure: Failure) -> bool:
+    mismatch = getattr(tls, "mismatch_seen", None)
+    if mismatch:
+        return True
+    text = repr(failure.value)
+    return "certificate verify failed" in text

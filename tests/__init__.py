@@ -1,0 +1,1 @@
+"""ipkernel test suite (twisted.trial)."""
