@@ -1,0 +1,327 @@
+"""User data as frames: how clients and engines serialize objects and remote failures.
+
+Only clients and engines use this module; the controller passes frames through without
+looking at them (it must never unpickle user data).
+
+A serialized object is a list of ``bytes`` called *frames*:
+
+``frames[0]``
+    a small header made with :mod:`struct` (no pickle, so a receiver can check it before
+    trusting anything): a magic string, a format version, the payload kind (an object or a
+    remote failure), the length of the pickle stream and the length of each out-of-band
+    buffer.
+``frames[1:]``
+    the *payload*: the pickle stream followed by the out-of-band buffers, concatenated
+    logically and cut into chunks of exactly :data:`CHUNK_SIZE` bytes (the last one may be
+    shorter). A chunk may span the end of one part and the start of the next. This keeps
+    the number of frames at ``1 + ceil(total / CHUNK_SIZE)`` however many small buffers an
+    object holds (a list of ten thousand tiny arrays is still a handful of frames), and it
+    gives the receiver one strict rule to check.
+
+Objects are pickled with protocol 5 by :class:`cloudpickle.CloudPickler`: functions, lambdas,
+closures and classes defined in ``__main__`` travel by value, and numpy arrays (anything
+that hands pickle a :class:`pickle.PickleBuffer`) travel as out-of-band buffers, not copied
+into the pickle stream. ``CloudPickler`` subclasses the C pickler and only steps in for
+functions and classes, so plain data pickles as fast as with :mod:`pickle` itself.
+
+The receiver preallocates one ``bytearray`` per part and copies each chunk into place, so
+there is no extra full copy, and arrays come back writable.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import cloudpickle
+
+from ipkernel.errors import RemoteError, SerializationError
+
+__all__ = [
+    "CHUNK_SIZE",
+    "deserialize",
+    "deserialize_failure",
+    "frames_nbytes",
+    "serialize",
+    "serialize_failure",
+]
+
+#: The largest chunk of payload in one frame: small enough for the PB broker's string
+#: limit, large enough that per-frame overhead does not matter.
+CHUNK_SIZE = 512 * 1024
+
+_MAGIC = b"IPKF"
+_VERSION = 1
+_KIND_OBJECT = 0
+_KIND_FAILURE = 1
+_KIND_NAMES = {_KIND_OBJECT: "an object", _KIND_FAILURE: "a remote failure"}
+
+# magic, version, kind, two pad bytes, number of out-of-band buffers, pickle stream length;
+# then one unsigned 64-bit length per buffer.
+_HEAD = struct.Struct("<4sBBxxIQ")
+_LENGTH = struct.Struct("<Q")
+
+# A header is never this large in practice; the cap stops a forged buffer count from
+# making the receiver build a huge struct format before the size check.
+_MAX_BUFFERS = 1 << 24
+
+
+def _type_name(obj: object) -> str:
+    cls = type(obj)
+    module = getattr(cls, "__module__", None)
+    qualname = getattr(cls, "__qualname__", cls.__name__)
+    if module in (None, "builtins", "__main__"):
+        return qualname
+    return f"{module}.{qualname}"
+
+
+def _dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj``; return the stream and the raw out-of-band buffers."""
+    buffers: list[pickle.PickleBuffer] = []
+    stream = io.BytesIO()
+    cloudpickle.CloudPickler(stream, protocol=5, buffer_callback=buffers.append).dump(obj)
+    # raw() is a flat byte view of C- or Fortran-contiguous memory; numpy only hands out
+    # contiguous buffers (it pickles other arrays in band).
+    return stream.getvalue(), [buf.raw() for buf in buffers]
+
+
+def _frame(kind: int, stream: bytes, buffers: list[memoryview]) -> list[bytes]:
+    lengths = [len(stream)] + [buf.nbytes for buf in buffers]
+    header = _HEAD.pack(_MAGIC, _VERSION, kind, len(buffers), lengths[0]) + b"".join(
+        _LENGTH.pack(n) for n in lengths[1:]
+    )
+    frames = [header]
+    parts = [memoryview(stream), *buffers]
+    pending: list[memoryview] = []  # pieces of the chunk being filled
+    room = CHUNK_SIZE
+    for part in parts:
+        offset, size = 0, part.nbytes
+        while offset < size:
+            take = min(room, size - offset)
+            pending.append(part[offset : offset + take])
+            offset += take
+            room -= take
+            if room == 0:
+                frames.append(b"".join(pending))
+                pending, room = [], CHUNK_SIZE
+    if pending:
+        frames.append(b"".join(pending))
+    return frames
+
+
+def serialize(obj: Any, name: str | None = None) -> list[bytes]:
+    """Serialize ``obj`` into frames (see the module docstring).
+
+    :param name: what the object is called on the caller's side (for example the key being
+        pushed); it only makes the error message clearer.
+    :raises SerializationError: if ``obj`` (or anything inside it) cannot be pickled. The
+        message names the type of ``obj``, ``name`` when given, and the underlying error.
+    """
+    try:
+        stream, buffers = _dumps(obj)
+    except Exception as exc:
+        what = f"the value of {name!r}" if name is not None else "an object"
+        raise SerializationError(
+            f"cannot serialize {what}: object of type {_type_name(obj)!r} cannot be pickled "
+            f"({type(exc).__name__}: {exc}); send a picklable value instead, for example "
+            "plain data such as lists, dicts or arrays, or create the object where it is "
+            "used (with execute())"
+        ) from exc
+    return _frame(_KIND_OBJECT, stream, buffers)
+
+
+def frames_nbytes(frames: Sequence[bytes]) -> int:
+    """The total number of bytes in ``frames``, header included."""
+    return sum(len(frame) for frame in frames)
+
+
+def _malformed(reason: str) -> SerializationError:
+    return SerializationError(f"malformed frames: {reason}")
+
+
+def _unframe(frames: Sequence[bytes], kind: int) -> tuple[bytearray, list[bytearray]]:
+    """Check ``frames`` against their header; return the pickle stream and the buffers."""
+    if not isinstance(frames, (list, tuple)) or not frames:
+        raise _malformed(f"expected a non-empty list of bytes, got {type(frames).__name__}")
+    try:
+        header = memoryview(frames[0]).cast("B")
+    except TypeError:
+        raise _malformed(f"the header is a {type(frames[0]).__name__}, not bytes")
+    if header.nbytes < _HEAD.size:
+        raise _malformed(f"the header has {header.nbytes} bytes, fewer than {_HEAD.size}")
+    magic, version, got_kind, nbuffers, stream_len = _HEAD.unpack_from(header)
+    if magic != _MAGIC:
+        raise _malformed("the header does not start with the ipkernel magic string")
+    if version != _VERSION:
+        raise _malformed(
+            f"format version {version}, but this side reads version {_VERSION}; "
+            "use the same ipkernel version on clients and engines"
+        )
+    if got_kind != kind:
+        raise _malformed(
+            f"they hold {_KIND_NAMES.get(got_kind, f'kind {got_kind}')}, "
+            f"expected {_KIND_NAMES[kind]}"
+        )
+    if nbuffers > _MAX_BUFFERS or header.nbytes != _HEAD.size + nbuffers * _LENGTH.size:
+        raise _malformed(f"the header's size does not match its {nbuffers} buffer lengths")
+    lengths = [stream_len, *struct.unpack_from(f"<{nbuffers}Q", header, _HEAD.size)]
+    total = sum(lengths)
+
+    # Check every chunk's size before allocating anything, so a forged header cannot make
+    # this side allocate more than it actually received.
+    chunks = frames[1:]
+    expected = -(-total // CHUNK_SIZE)
+    if len(chunks) != expected:
+        raise _malformed(
+            f"the header announces {total} bytes in {expected} chunks, "
+            f"but {len(chunks)} chunks came"
+        )
+    views = []
+    for index, chunk in enumerate(chunks):
+        try:
+            view = memoryview(chunk).cast("B")
+        except TypeError:
+            raise _malformed(f"chunk {index} is a {type(chunk).__name__}, not bytes")
+        want = CHUNK_SIZE if index < expected - 1 else total - CHUNK_SIZE * (expected - 1)
+        if view.nbytes != want:
+            raise _malformed(f"chunk {index} has {view.nbytes} bytes, expected {want}")
+        views.append(view)
+
+    parts = [bytearray(n) for n in lengths]
+    part_index, filled = 0, 0
+    for view in views:
+        offset = 0
+        while offset < view.nbytes:
+            while filled == lengths[part_index]:  # skip finished (and empty) parts
+                part_index, filled = part_index + 1, 0
+            take = min(view.nbytes - offset, lengths[part_index] - filled)
+            parts[part_index][filled : filled + take] = view[offset : offset + take]
+            filled += take
+            offset += take
+    return parts[0], parts[1:]
+
+
+def _loads(stream: bytearray, buffers: list[bytearray]) -> Any:
+    try:
+        return pickle.loads(stream, buffers=buffers)
+    except Exception as exc:
+        hint = ""
+        if isinstance(exc, ImportError):
+            hint = "; install the same modules on clients and engines"
+        raise SerializationError(
+            f"cannot rebuild the object: {type(exc).__name__}: {exc}{hint}"
+        ) from exc
+
+
+def deserialize(frames: Sequence[bytes]) -> Any:
+    """Rebuild the object that :func:`serialize` turned into ``frames``.
+
+    Out-of-band buffers are rebuilt as ``bytearray`` memory, so numpy arrays come back
+    writable.
+
+    :raises SerializationError: if the frames are malformed (the message says how), or if
+        unpickling fails, for example because a module the object needs is missing here.
+    """
+    stream, buffers = _unframe(frames, _KIND_OBJECT)
+    return _loads(stream, buffers)
+
+
+# Remote failures
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__} object>"
+
+
+def _traceback_text(exc: BaseException) -> str:
+    text = getattr(exc, "remote_traceback", None)
+    if isinstance(text, str):
+        return text
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:
+        return f"{_type_name(exc)}: {_message(exc)}\n"
+
+
+def _dumps_exception(exc: BaseException) -> bytes:
+    # In band: an exception holding a huge buffer is rare, and keeping the exception in
+    # one bytes value lets the receiver unpickle it separately from the record.
+    stream = io.BytesIO()
+    cloudpickle.CloudPickler(stream, protocol=5).dump(exc)
+    return stream.getvalue()
+
+
+def serialize_failure(exc: BaseException, *, engine_id: int | None, method: str) -> list[bytes]:
+    """Serialize a failure of user code (or of a command) so the client can re-raise it.
+
+    The frames carry the exception object itself when it can be pickled, and always its
+    type name, message (``str(exc)``) and traceback text, so that the other side can fall
+    back to a :class:`~ipkernel.errors.RemoteError` when the exception cannot be rebuilt.
+    The traceback text is ``exc.remote_traceback`` when the interpreter has set it (trimmed
+    of engine frames), else the formatted traceback of ``exc``.
+
+    Never raises for an unpicklable exception; that is what the fallback is for.
+    """
+    try:
+        pickled: bytes | None = _dumps_exception(exc)
+    except Exception:
+        pickled = None
+    record = {
+        "type_name": _type_name(exc),
+        "message": _message(exc),
+        "traceback": _traceback_text(exc),
+        "engine_id": engine_id,
+        "method": method,
+        "exception": pickled,
+    }
+    # Every value in the record is a str, int, bytes or None: plain pickle cannot fail.
+    return _frame(_KIND_FAILURE, pickle.dumps(record, protocol=5), [])
+
+
+def deserialize_failure(frames: Sequence[bytes]) -> BaseException:
+    """Rebuild the exception that :func:`serialize_failure` turned into ``frames``.
+
+    The result has the type of the original exception when its class can be rebuilt on
+    this side (classes defined in the engine's ``__main__`` are pickled by value and come
+    back as an equivalent class of the same name); otherwise it is
+    ``RemoteError(type_name, message)``. Either way it carries the attributes
+    ``remote_traceback`` (str), ``engine_id`` (int or None) and ``method`` (str).
+
+    :raises SerializationError: if the frames are malformed or are not a failure.
+    """
+    stream, buffers = _unframe(frames, _KIND_FAILURE)
+    try:
+        record = pickle.loads(stream, buffers=buffers)
+        type_name = record["type_name"]
+        message = record["message"]
+        remote_tb = record["traceback"]
+        engine_id = record["engine_id"]
+        method = record["method"]
+        pickled = record["exception"]
+    except Exception as exc:
+        raise _malformed(f"the failure record cannot be read ({type(exc).__name__}: {exc})")
+
+    exc_obj: BaseException | None = None
+    if pickled is not None:
+        try:
+            candidate = pickle.loads(pickled)
+        except Exception:
+            # The class is missing here, or its __init__ does not accept its own args.
+            candidate = None
+        if isinstance(candidate, BaseException):
+            exc_obj = candidate
+    if exc_obj is None:
+        exc_obj = RemoteError(type_name, message)
+    # Every exception instance has a __dict__ (BaseException provides one even when a
+    # subclass declares __slots__), so these assignments cannot fail.
+    exc_obj.remote_traceback = remote_tb  # type: ignore[attr-defined]
+    exc_obj.engine_id = engine_id  # type: ignore[attr-defined]
+    exc_obj.method = method  # type: ignore[attr-defined]
+    return exc_obj
