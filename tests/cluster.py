@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from ipkernel import paths
 from ipkernel.client.multiengine import AsyncMultiEngineClient
+from ipkernel.errors import ControllerUnreachable
 from ipkernel.security import read_key_file
 
 DEADLINE = 30.0
@@ -110,9 +111,20 @@ class Cluster:
         """Fire with a new asynchronous MultiEngine client (waits for the key file)."""
         furl = furl or self.mec_furl
         yield poll(lambda: furl.exists(), f"key file {furl}")
-        client = yield AsyncMultiEngineClient.connect(reactor, read_key_file(furl), str(furl))
-        self.clients.append(client)
-        return client
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                client = yield AsyncMultiEngineClient.connect(
+                    reactor, read_key_file(furl), str(furl)
+                )
+            except ControllerUnreachable:
+                # A reused key file exists before the restarted controller listens.
+                if time.monotonic() > deadline:
+                    raise
+                yield task.deferLater(reactor, 0.02, lambda: None)
+            else:
+                self.clients.append(client)
+                return client
 
     @inlineCallbacks
     def wait_for_engines(self, client: AsyncMultiEngineClient, n: int):

@@ -76,6 +76,10 @@ class ReactorBridge:
             if started:
                 self.reactor.callFromThread(started[0].cancel)
             raise
+        except Exception as exc:
+            # The frames of the reactor thread and Twisted's plumbing say nothing about
+            # the user's error; the traceback starts at the user's call instead.
+            raise exc.with_traceback(None) from exc.__cause__
 
     def submit(
         self, fn: Callable[..., Any], *args: Any, **kwargs: Any

@@ -22,6 +22,7 @@ from ipkernel.client.blocking import forwarded, get_bridge
 from ipkernel.client.partition import join, split
 from ipkernel.client.results import PendingResult, ResultList, outcomes_to_results
 from ipkernel.controller.registry import check_targets
+from ipkernel.errors import SerializationError
 from ipkernel.security import KeyFile, read_key_file
 from ipkernel.serialization import deserialize, deserialize_failure, serialize
 from ipkernel.wire.connect import login
@@ -234,7 +235,13 @@ def _frames(namespace: dict) -> list[bytes]:
     for key in namespace:
         if not isinstance(key, str):
             raise TypeError(f"names must be strings, not {key!r}")
-    return serialize(namespace)
+    try:
+        return serialize(namespace)
+    except SerializationError:
+        # Name the value that failed: serializing each one alone says which.
+        for key, value in namespace.items():
+            serialize(value, name=key)
+        raise
 
 
 def _key_list(keys: str | Iterable[str]) -> str | list[str]:

@@ -386,9 +386,11 @@ class ServerFactory(pb.PBServerFactory):
     """``PBServerFactory`` whose connections use :class:`Broker`, pre-login limits first."""
 
     protocol = Broker
+    noisy = False
 
 
 class ClientFactory(pb.PBClientFactory):
     """``PBClientFactory`` whose connection uses :class:`Broker`, pre-login limits first."""
 
     protocol = Broker
+    noisy = False
