@@ -10,6 +10,7 @@ A wrong secret is answered with ``StaleKeyFile`` and the connection is dropped.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.spread import pb
 from twisted.spread.flavors import IPBRoot
@@ -25,19 +26,27 @@ AvatarFactory = Callable[[pb.Broker], pb.Referenceable]
 class GateRoot:
     """One per listening port: ``roles`` maps each role's secret to its avatar factory."""
 
-    def __init__(self, roles: list[tuple[str, AvatarFactory]]) -> None:
+    def __init__(self, roles: list[tuple[str, AvatarFactory]], clock: Any = None) -> None:
         self.roles = roles
+        self._clock = clock
 
     def rootObject(self, broker: pb.Broker) -> Gate:  # noqa: N802 - Twisted's name
-        return Gate(self.roles, broker)
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor
+        return Gate(self.roles, broker, self._clock)
 
 
 class Gate(pb.Referenceable):
     """A connection's way in: one ``login`` attempt."""
 
-    def __init__(self, roles: list[tuple[str, AvatarFactory]], broker: pb.Broker) -> None:
+    def __init__(
+        self, roles: list[tuple[str, AvatarFactory]], broker: pb.Broker, clock: Any
+    ) -> None:
         self._roles = roles
         self._broker = broker
+        self._clock = clock
         self._tried = False
 
     def remote_login(self, secret: object) -> pb.Referenceable:
@@ -51,7 +60,8 @@ class Gate(pb.Referenceable):
             if check_secret(secret, expected) and chosen is None:
                 chosen = factory
         if chosen is None:
-            self._broker.transport.loseConnection()
+            # Hang up once the refusal below has been sent.
+            self._clock.callLater(0, self._broker.transport.loseConnection)
             raise WireError(
                 "StaleKeyFile",
                 "the controller refused the key file's secret: the key file is stale "
