@@ -34,8 +34,10 @@ __all__ = [
     "QueueCleared",
     "RemoteError",
     "SerializationError",
+    "SharedMemoryError",
     "StaleKeyFile",
     "TaskAborted",
+    "TransferError",
     "error_from_wire",
     "error_to_wire",
     "format_error_line",
@@ -209,6 +211,23 @@ class SerializationError(IPKernelError, TypeError):
     """
 
 
+class TransferError(IPKernelError):
+    """A payload did not arrive whole: its stream was aborted, or it could not be received.
+
+    For example the sending or the receiving process died or disconnected in the middle,
+    or the receiver could not allocate the memory announced. Nothing of the payload is
+    used: a command whose argument did not arrive does not run.
+    """
+
+
+class SharedMemoryError(TransferError):
+    """A shared-memory segment could not be created, opened or mapped; the message says why.
+
+    Set ``IPKERNEL_TRANSPORT=stream`` (or ``transport='stream'`` on the client) to send
+    everything over the network instead.
+    """
+
+
 class RemoteError(IPKernelError):
     """Stand-in for a remote exception that cannot be rebuilt here.
 
@@ -293,6 +312,8 @@ WIRE_ERRORS: dict[str, type[Exception]] = {
         QueueCleared,
         TaskAborted,
         SerializationError,
+        TransferError,
+        SharedMemoryError,
         KeyFileNotFound,
         ControllerUnreachable,
         StaleKeyFile,

@@ -17,8 +17,10 @@ Public surface:
 - :class:`KeyFile`, :func:`read_key_file`, :func:`write_key_file`: the key file format;
 - :func:`new_secret`, :func:`check_secret`: role secrets;
 - :class:`ControllerIdentity`: the certificate and private key, and the server's TLS options;
-- :func:`client_tls_options` / :class:`PinnedClientTLS`: the connecting side's TLS options,
-  pinned to a fingerprint, which report a mismatch as :class:`~ipkernel.errors.StaleKeyFile`;
+- :func:`client_tls_options` / :class:`PinnedClientTLS`: pyOpenSSL TLS options for the
+  connecting side, pinned to a fingerprint, which report a mismatch as
+  :class:`~ipkernel.errors.StaleKeyFile` (for Twisted's own TLS; ipkernel's connections
+  use :mod:`ipkernel.wire.tls`, which pins the same way over Python's ``ssl``);
 - :class:`ControllerKeys`, :func:`previous_ports`: everything the controller writes to its
   security directory, kept across restarts with ``--reuse-keys``.
 

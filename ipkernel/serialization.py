@@ -26,6 +26,12 @@ functions and classes, so plain data pickles as fast as with :mod:`pickle` itsel
 
 The receiver preallocates one ``bytearray`` per part and copies each chunk into place, so
 there is no extra full copy, and arrays come back writable.
+
+Frames are the *inline* form, for small objects sent inside one message. A large object
+travels as a :class:`Serialized` instead (the same header, and the parts as views of the
+object's own memory, nothing copied), which :mod:`ipkernel.wire.transfer` streams in
+chunks or puts in shared memory (:mod:`ipkernel.shm`); :func:`deserialize` takes frames
+or such a payload once received.
 """
 
 from __future__ import annotations
@@ -43,9 +49,13 @@ from ipkernel.errors import RemoteError, SerializationError
 
 __all__ = [
     "CHUNK_SIZE",
+    "Serialized",
     "deserialize",
     "deserialize_failure",
+    "dump",
     "frames_nbytes",
+    "load",
+    "read_header",
     "serialize",
     "serialize_failure",
 ]
@@ -89,32 +99,53 @@ def _dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
     return stream.getvalue(), [buf.raw() for buf in buffers]
 
 
+class Serialized:
+    """An object as a header and its parts, the parts being views of the object's memory.
+
+    ``parts[0]`` is the pickle stream, ``parts[1:]`` the out-of-band buffers, each a flat
+    ``memoryview`` of bytes; ``header`` announces their lengths (see the module
+    docstring). Nothing is copied until :meth:`frames` is called or a transport sends the
+    parts, so the object's buffers must not change until then.
+    """
+
+    __slots__ = ("header", "kind", "lengths", "nbytes", "parts")
+
+    def __init__(self, kind: int, stream: bytes, buffers: list[memoryview]) -> None:
+        self.kind = kind
+        self.parts: list[memoryview] = [memoryview(stream), *buffers]
+        self.lengths: list[int] = [part.nbytes for part in self.parts]
+        #: The size of the payload: every part, header excluded.
+        self.nbytes: int = sum(self.lengths)
+        self.header: bytes = _HEAD.pack(
+            _MAGIC, _VERSION, kind, len(buffers), self.lengths[0]
+        ) + b"".join(_LENGTH.pack(n) for n in self.lengths[1:])
+
+    def frames(self) -> list[bytes]:
+        """The inline form: ``[header, chunk, chunk, ...]``, chunks of :data:`CHUNK_SIZE`."""
+        frames = [self.header]
+        pending: list[memoryview] = []  # pieces of the chunk being filled
+        room = CHUNK_SIZE
+        for part in self.parts:
+            offset, size = 0, part.nbytes
+            while offset < size:
+                take = min(room, size - offset)
+                pending.append(part[offset : offset + take])
+                offset += take
+                room -= take
+                if room == 0:
+                    frames.append(b"".join(pending))
+                    pending, room = [], CHUNK_SIZE
+        if pending:
+            frames.append(b"".join(pending))
+        return frames
+
+
 def _frame(kind: int, stream: bytes, buffers: list[memoryview]) -> list[bytes]:
-    lengths = [len(stream)] + [buf.nbytes for buf in buffers]
-    header = _HEAD.pack(_MAGIC, _VERSION, kind, len(buffers), lengths[0]) + b"".join(
-        _LENGTH.pack(n) for n in lengths[1:]
-    )
-    frames = [header]
-    parts = [memoryview(stream), *buffers]
-    pending: list[memoryview] = []  # pieces of the chunk being filled
-    room = CHUNK_SIZE
-    for part in parts:
-        offset, size = 0, part.nbytes
-        while offset < size:
-            take = min(room, size - offset)
-            pending.append(part[offset : offset + take])
-            offset += take
-            room -= take
-            if room == 0:
-                frames.append(b"".join(pending))
-                pending, room = [], CHUNK_SIZE
-    if pending:
-        frames.append(b"".join(pending))
-    return frames
+    return Serialized(kind, stream, buffers).frames()
 
 
-def serialize(obj: Any, name: str | None = None) -> list[bytes]:
-    """Serialize ``obj`` into frames (see the module docstring).
+def dump(obj: Any, name: str | None = None) -> Serialized:
+    """Serialize ``obj`` without copying its out-of-band buffers (see :class:`Serialized`).
 
     :param name: what the object is called on the caller's side (for example the key being
         pushed); it only makes the error message clearer.
@@ -131,7 +162,16 @@ def serialize(obj: Any, name: str | None = None) -> list[bytes]:
             "plain data such as lists, dicts or arrays, or create the object where it is "
             "used (with execute())"
         ) from exc
-    return _frame(_KIND_OBJECT, stream, buffers)
+    return Serialized(_KIND_OBJECT, stream, buffers)
+
+
+def serialize(obj: Any, name: str | None = None) -> list[bytes]:
+    """Serialize ``obj`` into frames (see the module docstring).
+
+    :param name: as for :func:`dump`.
+    :raises SerializationError: as :func:`dump`.
+    """
+    return dump(obj, name).frames()
 
 
 def frames_nbytes(frames: Sequence[bytes]) -> int:
@@ -143,17 +183,22 @@ def _malformed(reason: str) -> SerializationError:
     return SerializationError(f"malformed frames: {reason}")
 
 
-def _unframe(frames: Sequence[bytes], kind: int) -> tuple[bytearray, list[bytearray]]:
-    """Check ``frames`` against their header; return the pickle stream and the buffers."""
-    if not isinstance(frames, (list, tuple)) or not frames:
-        raise _malformed(f"expected a non-empty list of bytes, got {type(frames).__name__}")
+def read_header(header: object, kind: int = _KIND_OBJECT) -> list[int]:
+    """Check a header made by this module; return the lengths of the parts it announces.
+
+    The first length is the pickle stream's, then one per out-of-band buffer. Nothing is
+    unpickled, so this may be called on untrusted bytes.
+
+    :param kind: what the payload must hold: 0 for an object, 1 for a remote failure.
+    :raises SerializationError: if ``header`` is not such a header, or is of another kind.
+    """
     try:
-        header = memoryview(frames[0]).cast("B")
+        view = memoryview(header).cast("B")  # type: ignore[arg-type]
     except TypeError:
-        raise _malformed(f"the header is a {type(frames[0]).__name__}, not bytes")
-    if header.nbytes < _HEAD.size:
-        raise _malformed(f"the header has {header.nbytes} bytes, fewer than {_HEAD.size}")
-    magic, version, got_kind, nbuffers, stream_len = _HEAD.unpack_from(header)
+        raise _malformed(f"the header is a {type(header).__name__}, not bytes")
+    if view.nbytes < _HEAD.size:
+        raise _malformed(f"the header has {view.nbytes} bytes, fewer than {_HEAD.size}")
+    magic, version, got_kind, nbuffers, stream_len = _HEAD.unpack_from(view)
     if magic != _MAGIC:
         raise _malformed("the header does not start with the ipkernel magic string")
     if version != _VERSION:
@@ -166,9 +211,16 @@ def _unframe(frames: Sequence[bytes], kind: int) -> tuple[bytearray, list[bytear
             f"they hold {_KIND_NAMES.get(got_kind, f'kind {got_kind}')}, "
             f"expected {_KIND_NAMES[kind]}"
         )
-    if nbuffers > _MAX_BUFFERS or header.nbytes != _HEAD.size + nbuffers * _LENGTH.size:
+    if nbuffers > _MAX_BUFFERS or view.nbytes != _HEAD.size + nbuffers * _LENGTH.size:
         raise _malformed(f"the header's size does not match its {nbuffers} buffer lengths")
-    lengths = [stream_len, *struct.unpack_from(f"<{nbuffers}Q", header, _HEAD.size)]
+    return [stream_len, *struct.unpack_from(f"<{nbuffers}Q", view, _HEAD.size)]
+
+
+def _unframe(frames: Sequence[bytes], kind: int) -> tuple[bytearray, list[bytearray]]:
+    """Check ``frames`` against their header; return the pickle stream and the buffers."""
+    if not isinstance(frames, (list, tuple)) or not frames:
+        raise _malformed(f"expected a non-empty list of bytes, got {type(frames).__name__}")
+    lengths = read_header(frames[0], kind)
     total = sum(lengths)
 
     # Check every chunk's size before allocating anything, so a forged header cannot make
@@ -205,7 +257,7 @@ def _unframe(frames: Sequence[bytes], kind: int) -> tuple[bytearray, list[bytear
     return parts[0], parts[1:]
 
 
-def _loads(stream: bytearray, buffers: list[bytearray]) -> Any:
+def _loads(stream: Any, buffers: Sequence[Any]) -> Any:
     try:
         return pickle.loads(stream, buffers=buffers)
     except Exception as exc:
@@ -217,17 +269,44 @@ def _loads(stream: bytearray, buffers: list[bytearray]) -> Any:
         ) from exc
 
 
-def deserialize(frames: Sequence[bytes]) -> Any:
-    """Rebuild the object that :func:`serialize` turned into ``frames``.
+def load(header: object, parts: Sequence[Any]) -> Any:
+    """Rebuild an object from its header and its parts (the stream, then the buffers).
 
-    Out-of-band buffers are rebuilt as ``bytearray`` memory, so numpy arrays come back
-    writable.
+    Each part is any buffer (``bytearray``, a ``memoryview`` of a mapping ...). numpy
+    arrays are rebuilt on their buffers without a copy, so they keep them alive.
+
+    :raises SerializationError: if the parts do not match the header, or unpickling fails.
+    """
+    lengths = read_header(header)
+    if len(parts) != len(lengths):
+        raise _malformed(f"the header announces {len(lengths)} parts, but {len(parts)} came")
+    for index, (part, want) in enumerate(zip(parts, lengths, strict=True)):
+        got = memoryview(part).nbytes
+        if got != want:
+            raise _malformed(f"part {index} has {got} bytes, the header says {want}")
+    return _loads(parts[0], parts[1:])
+
+
+def deserialize(payload: Any) -> Any:
+    """Rebuild the object that :func:`serialize` or :func:`dump` turned into ``payload``.
+
+    ``payload`` is frames (a list of bytes), or a payload received by
+    :mod:`ipkernel.wire.transfer`: an object whose ``open()`` returns the header and the
+    parts. Out-of-band buffers come back as writable memory (``bytearray``, an anonymous
+    or a private shared-memory mapping), so numpy arrays come back writable.
 
     :raises SerializationError: if the frames are malformed (the message says how), or if
         unpickling fails, for example because a module the object needs is missing here.
+        A payload that did not arrive whole raises what its ``open()`` raises.
     """
-    stream, buffers = _unframe(frames, _KIND_OBJECT)
-    return _loads(stream, buffers)
+    if isinstance(payload, (list, tuple)):
+        stream, buffers = _unframe(payload, _KIND_OBJECT)
+        return _loads(stream, buffers)
+    opener = getattr(payload, "open", None)
+    if opener is None:
+        raise _malformed(f"expected a non-empty list of bytes, got {type(payload).__name__}")
+    header, parts = opener()
+    return load(header, parts)
 
 
 # Remote failures

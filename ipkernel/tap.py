@@ -20,9 +20,12 @@ from ipkernel import paths
 from ipkernel.adapters.gate import GateRoot
 from ipkernel.adapters.pb_engine import EngineRegistrar
 from ipkernel.adapters.pb_multiengine import MultiEngineAdapter
+from ipkernel.adapters.pb_task import task_avatar_factory
 from ipkernel.controller.service import ControllerService
 from ipkernel.security import ControllerKeys, previous_ports
 from ipkernel.wire.broker import ServerFactory
+from ipkernel.wire.tls import listen_tls, server_context
+from ipkernel.wire.transfer import tune_allocator
 
 
 def _port(value: str) -> int:
@@ -93,7 +96,7 @@ class ControllerListeners(Service):
         reuse = bool(opts["reuse-keys"])
         old_engine_port, old_client_port = previous_ports(security) if reuse else (None, None)
         self.keys = keys = ControllerKeys.create(security, reuse=reuse)
-        tls = keys.identity.server_options()
+        tls = server_context(keys.identity)
         ip = opts["ip"]
         controller = self.controller
 
@@ -112,10 +115,10 @@ class ControllerListeners(Service):
 
         engine_port = opts["engine-port"] or old_engine_port or 0
         client_port = opts["client-port"] or old_client_port or 0
-        listen = self.reactor.listenSSL
+        reactor = self.reactor
         self.ports = [
-            listen(engine_port, ServerFactory(engine_root), tls, interface=ip),
-            listen(client_port, ServerFactory(client_root), tls, interface=ip),
+            listen_tls(reactor, engine_port, ServerFactory(engine_root), tls, interface=ip),
+            listen_tls(reactor, client_port, ServerFactory(client_root), tls, interface=ip),
         ]
         location = opts["location"] or (socket.gethostname() if ip in ("0.0.0.0", "::") else ip)
         bound_engine, bound_client = (p.getHost().port for p in self.ports)
@@ -153,8 +156,14 @@ def makeService(config: usage.Options, reactor: Any = None) -> MultiService:  # 
 
         reactor = default_reactor
     log_to_file(config["log-dir"], "ipcontroller")
+    # The controller relays large payloads chunk by chunk.
+    tune_allocator()
     top = MultiService()
-    controller = ControllerService(on_stop_requested=lambda: reactor.callLater(0.1, reactor.stop))
+    controller = ControllerService(
+        on_stop_requested=lambda: reactor.callLater(0.1, reactor.stop), clock=reactor
+    )
+    # The client gate hands Task clients (ipcontroller-tc.furl) this avatar.
+    controller.task_avatar = task_avatar_factory(controller.tasks)
     controller.setServiceParent(top)
     ControllerListeners(controller, dict(config), reactor).setServiceParent(top)
     return top

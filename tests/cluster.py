@@ -58,12 +58,18 @@ def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
 class Cluster:
     """A controller and ``n`` engines, started for one test and stopped in its cleanup."""
 
-    def __init__(self, testcase, n: int = 2, controller_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        testcase,
+        n: int = 2,
+        controller_args: tuple[str, ...] = (),
+        env: dict | None = None,
+    ) -> None:
         self.testcase = testcase
         self.n = n
         self.dir = Path(testcase.mktemp()).absolute()
         self.dir.mkdir(parents=True)
-        self.env = child_env(self.dir)
+        self.env = child_env(self.dir, env)
         self.controller_args = controller_args
         self.controller: subprocess.Popen | None = None
         self.engines: list[subprocess.Popen] = []
@@ -107,15 +113,20 @@ class Cluster:
         return client
 
     @inlineCallbacks
-    def connect(self, furl: Path | None = None):
-        """Fire with a new asynchronous MultiEngine client (waits for the key file)."""
+    def connect(self, furl: Path | None = None, transport: str | None = None):
+        """Fire with a new asynchronous MultiEngine client (waits for the key file).
+
+        ``transport`` is the client's (``'auto'`` or ``'stream'``); by default the
+        cluster's ``IPKERNEL_TRANSPORT``, if its environment sets one.
+        """
+        transport = transport or self.env.get("IPKERNEL_TRANSPORT")
         furl = furl or self.mec_furl
         yield poll(lambda: furl.exists(), f"key file {furl}")
         deadline = time.monotonic() + DEADLINE
         while True:
             try:
                 client = yield AsyncMultiEngineClient.connect(
-                    reactor, read_key_file(furl), str(furl)
+                    reactor, read_key_file(furl), str(furl), transport
                 )
             except ControllerUnreachable:
                 # A reused key file exists before the restarted controller listens.

@@ -20,7 +20,7 @@ from ipkernel.controller.service import ControllerService
 from ipkernel.interfaces.engine import DIRECT_COMMANDS, QUEUED_COMMANDS, IEngine
 from ipkernel.wire.errors import WireError
 
-_STATUSES = frozenset({"ok", "raised", "error"})
+_STATUSES = frozenset({"ok", "raised", "error", "tasks"})
 
 
 @implementer(IEngine)
@@ -35,11 +35,14 @@ class RemoteEngine:
         self._listeners: list[Callable[[Any], None]] = []
         ref.notifyOnDisconnect(self._lost)
 
-    def call(self, command: str, args: list) -> Deferred:
+    def call(self, command: str, args: list, options: dict | None = None) -> Deferred:
         if self._gone:
             return succeed(error_outcome("EngineError", f"engine {self.id} is gone"))
         try:
-            d = self._ref.callRemote("call", command, args)
+            if options is None:
+                d = self._ref.callRemote("call", command, args)
+            else:
+                d = self._ref.callRemote("call", command, args, options)
         except Exception as exc:  # banana refuses to encode, connection already lost
             return succeed(error_outcome("EngineError", f"engine {self.id}: {exc}"))
         return d.addCallbacks(self._checked, self._failed, errbackArgs=(command,))

@@ -14,6 +14,7 @@ from ipkernel.controller.multiengine import CLIENT_COMMANDS
 from ipkernel.controller.registry import check_targets
 from ipkernel.interfaces.multiengine import IMultiEngine
 from ipkernel.wire.errors import WireError, to_wire
+from ipkernel.wire.transfer import stream_stats
 
 
 def _forward(method, *args) -> Deferred:
@@ -40,6 +41,25 @@ def _checked_args(args: object) -> list:
     return list(args)
 
 
+#: The transfer hints a client may send with a command (see IEngine.call).
+_OPTION_KEYS = frozenset({"reply_to"})
+
+
+def _checked_options(options: object) -> dict | None:
+    if options is None:
+        return None
+    if not isinstance(options, dict) or not set(options) <= _OPTION_KEYS:
+        raise WireError("TypeError", f"unknown call options {options!r:.200}")
+    reply_to = options.get("reply_to")
+    if reply_to is not None and (
+        not isinstance(reply_to, (list, tuple))
+        or len(reply_to) > 8
+        or not all(isinstance(v, (bytes, str, int)) for v in reply_to)
+    ):
+        raise WireError("TypeError", "reply_to must be a short list of plain values")
+    return dict(options)
+
+
 class MultiEngineAdapter(pb.Referenceable):
     """A MultiEngine client's avatar."""
 
@@ -49,17 +69,34 @@ class MultiEngineAdapter(pb.Referenceable):
     def remote_get_ids(self) -> list[int]:
         return self._me.get_ids()
 
-    def remote_call(self, targets: object, command: object, args: object) -> Deferred:
+    def remote_get_engine_info(self, targets: object) -> Deferred:
+        return _forward(self._me.get_engine_info, _checked_targets(targets))
+
+    def remote_transfer_stats(self) -> dict[str, int]:
+        """The controller's open streams and the bytes it holds for them (all clients)."""
+        return stream_stats()
+
+    def remote_call(
+        self, targets: object, command: object, args: object, options: object = None
+    ) -> Deferred:
         return _forward(
-            self._me.call, _checked_targets(targets), _checked_command(command), _checked_args(args)
+            self._me.call,
+            _checked_targets(targets),
+            _checked_command(command),
+            _checked_args(args),
+            _checked_options(options),
         )
 
     def remote_call_each(
-        self, targets: object, command: object, args_per_target: object
+        self, targets: object, command: object, args_per_target: object, options: object = None
     ) -> Deferred:
         per_target = [_checked_args(a) for a in _checked_args(args_per_target)]
         return _forward(
-            self._me.call_each, _checked_targets(targets), _checked_command(command), per_target
+            self._me.call_each,
+            _checked_targets(targets),
+            _checked_command(command),
+            per_target,
+            _checked_options(options),
         )
 
     def remote_queue_status(self, targets: object) -> Deferred:

@@ -95,8 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         reactor.callLater(0, service.stopService)
         reactor.callLater(0.05, os._exit, 0)
 
+    from ipkernel.shm import SegmentKeeper
+    from ipkernel.wire.transfer import EnginePayloads, tune_allocator
+
+    tune_allocator()
+
     core = EngineCore(
-        interpreter, properties, executor, on_kill=kill, on_interrupt=executor.interrupt
+        interpreter,
+        properties,
+        executor,
+        on_kill=kill,
+        on_interrupt=executor.interrupt,
+        payloads=EnginePayloads(SegmentKeeper(reactor), lambda: core.id),
     )
     core.info["mpi_rank"] = rank
     furl = options["furl-file"] or str(

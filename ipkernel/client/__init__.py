@@ -6,10 +6,22 @@
     mec = client.MultiEngineClient()     # reads <security-dir>/ipcontroller-mec.furl
     mec.execute('a = id * 2')
     mec.pull('a')
+
+    tc = client.TaskClient()             # reads <security-dir>/ipcontroller-tc.furl
+    tid = tc.run(client.StringTask('a = 2 ** 10', pull='a'))
+    tc.get_task_result(tid, block=True).ns.a
 """
 
 from ipkernel.client.multiengine import AsyncMultiEngineClient, MultiEngineClient
 from ipkernel.client.results import PendingResult, ResultList
+from ipkernel.client.task import (
+    AsyncTaskClient,
+    MapTask,
+    StringTask,
+    Task,
+    TaskClient,
+    TaskResult,
+)
 from ipkernel.errors import (
     ClientUnusable,
     CompositeError,
@@ -28,6 +40,7 @@ from ipkernel.errors import (
 
 __all__ = [
     "AsyncMultiEngineClient",
+    "AsyncTaskClient",
     "ClientUnusable",
     "CompositeError",
     "ControllerUnreachable",
@@ -35,6 +48,7 @@ __all__ = [
     "IPKernelError",
     "InvalidEngineID",
     "KeyFileNotFound",
+    "MapTask",
     "MultiEngineClient",
     "NoEnginesRegistered",
     "PendingResult",
@@ -43,5 +57,9 @@ __all__ = [
     "ResultList",
     "SerializationError",
     "StaleKeyFile",
+    "StringTask",
+    "Task",
     "TaskAborted",
+    "TaskClient",
+    "TaskResult",
 ]

@@ -1,8 +1,9 @@
 """The MultiEngine service: fan a command out to chosen engines, gather outcomes in order.
 
 This is :class:`~ipkernel.interfaces.IMultiEngine` over the engine registry and the
-per-engine queues. It moves opaque frames and never looks inside them; turning outcomes
-into results or a ``CompositeError`` is the client's job.
+per-engine queues. It moves opaque frames and payloads (streams, shared-memory handles)
+without looking inside them; turning outcomes into results or a ``CompositeError`` is the
+client's job.
 """
 
 from __future__ import annotations
@@ -39,15 +40,28 @@ class MultiEngine:
     def get_ids(self) -> list[int]:
         return self.registry.ids()
 
-    def call(self, targets: object, command: str, args: Sequence) -> Deferred:
-        return maybeDeferred(self._fan_out, targets, command, lambda i: list(args))
+    def get_engine_info(self, targets: object) -> Deferred:
+        return maybeDeferred(
+            lambda: [(i, dict(self.registry.get(i).info)) for i in self.registry.resolve(targets)]
+        )
 
-    def call_each(self, targets: object, command: str, args_per_target: Sequence) -> Deferred:
+    def call(
+        self, targets: object, command: str, args: Sequence, options: dict | None = None
+    ) -> Deferred:
+        return maybeDeferred(self._fan_out, targets, command, lambda i: list(args), options)
+
+    def call_each(
+        self,
+        targets: object,
+        command: str,
+        args_per_target: Sequence,
+        options: dict | None = None,
+    ) -> Deferred:
         def fan_out() -> Deferred:
             ids = self.registry.resolve(targets)
             if len(args_per_target) != len(ids):
                 raise ValueError(f"{len(args_per_target)} argument lists for {len(ids)} targets")
-            return self._dispatch(ids, command, lambda i: list(args_per_target[i]))
+            return self._dispatch(ids, command, lambda i: list(args_per_target[i]), options)
 
         return maybeDeferred(fan_out)
 
@@ -71,18 +85,26 @@ class MultiEngine:
             d.addCallback(lambda outcomes: (self._stop_controller(), outcomes)[1])
         return d
 
-    def _fan_out(self, targets: object, command: str, args_for: Callable) -> Deferred:
-        return self._dispatch(self.registry.resolve(targets), command, args_for)
+    def _fan_out(
+        self, targets: object, command: str, args_for: Callable, options: dict | None = None
+    ) -> Deferred:
+        return self._dispatch(self.registry.resolve(targets), command, args_for, options)
 
-    def _dispatch(self, ids: list[int], command: str, args_for: Callable) -> Deferred:
+    def _dispatch(
+        self, ids: list[int], command: str, args_for: Callable, options: dict | None = None
+    ) -> Deferred:
         if command not in QUEUED_COMMANDS and command not in DIRECT_COMMANDS:
             raise ValueError(f"unknown engine command {command!r}")
         calls: list[Deferred] = []
         for n, engine_id in enumerate(ids):
             if command in QUEUED_COMMANDS:
-                calls.append(self.queues[engine_id].submit(command, args_for(n)))
+                calls.append(self.queues[engine_id].submit(command, args_for(n), options))
             else:
-                calls.append(self.registry.get(engine_id).call(command, args_for(n)))
+                engine = self.registry.get(engine_id)
+                if options is None:
+                    calls.append(engine.call(command, args_for(n)))
+                else:
+                    calls.append(engine.call(command, args_for(n), options))
         if not calls:
             return succeed([])
         d = gatherResults(calls)

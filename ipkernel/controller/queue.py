@@ -29,19 +29,23 @@ class EngineQueue:
 
     def __init__(self, engine: IEngine) -> None:
         self.engine = engine
-        self._waiting: deque[tuple[str, list, Deferred]] = deque()
+        self._waiting: deque[tuple[str, list, dict | None, Deferred]] = deque()
         self._pending: str | None = None
         self._closed: str | None = None
         self._draining = False
         self._idle_listeners: list[Callable[[], None]] = []
 
-    def submit(self, command: str, args: list) -> Deferred:
-        """Queue ``command(*args)``; the Deferred fires with its outcome (never errbacks)."""
+    def submit(self, command: str, args: list, options: dict | None = None) -> Deferred:
+        """Queue ``command(*args)``; the Deferred fires with its outcome (never errbacks).
+
+        ``options`` (wire-safe transfer hints, see ``IEngine.call``) go to the engine with
+        the command, when given.
+        """
         d: Deferred = Deferred()
         if self._closed is not None:
             d.callback(error_outcome("EngineError", self._closed))
             return d
-        self._waiting.append((command, args, d))
+        self._waiting.append((command, args, options, d))
         if self._pending is None:
             self._next()
         return d
@@ -57,13 +61,13 @@ class EngineQueue:
 
     def status(self) -> dict:
         """``{'queue': [names of waiting commands], 'pending': running command or None}``."""
-        return {"queue": [c for c, _, _ in self._waiting], "pending": self._pending}
+        return {"queue": [c for c, _, _, _ in self._waiting], "pending": self._pending}
 
     def clear(self) -> int:
         """Drop every waiting command (their outcome: ``QueueCleared``); return how many."""
         dropped = list(self._waiting)
         self._waiting.clear()
-        for command, _, d in dropped:
+        for command, _, _, d in dropped:
             d.callback(
                 error_outcome(
                     "QueueCleared",
@@ -81,7 +85,7 @@ class EngineQueue:
         self._closed = reason
         waiting = list(self._waiting)
         self._waiting.clear()
-        for _, _, d in waiting:
+        for _, _, _, d in waiting:
             d.callback(error_outcome("EngineError", reason))
 
     def _next(self) -> None:
@@ -92,9 +96,13 @@ class EngineQueue:
         self._draining = True
         try:
             while self._pending is None and self._waiting:
-                command, args, d = self._waiting.popleft()
+                command, args, options, d = self._waiting.popleft()
                 self._pending = command
-                self.engine.call(command, args).addBoth(self._finished, d)
+                if options is None:
+                    call = self.engine.call(command, args)
+                else:
+                    call = self.engine.call(command, args, options)
+                call.addBoth(self._finished, d)
         finally:
             self._draining = False
         if self._pending is None and not self._waiting:

@@ -209,6 +209,8 @@ class Scheduler:
         self._seqs: Iterator[int] = itertools.count()
         self._epochs: Iterator[int] = itertools.count()
         self._incarnations: Iterator[int] = itertools.count()
+        #: Engines that take no task now (for example a batch in flight); passes skip them.
+        self.busy: set[int] = set()
 
     # -- the customisation point -------------------------------------------------------
 
@@ -346,6 +348,23 @@ class Scheduler:
             assert task is not None
             task.attempts -= 1
             task.declined[engine_id] = (engine.incarnation, properties_version)
+            self._enqueue(task)
+        return self._schedule()
+
+    def task_returned(self, taskid: int, engine_id: int) -> list[Decision]:
+        """Engine ``engine_id`` will never start task ``taskid`` (its batch was not sent):
+        the task goes back to its place in the queue, and this is not an attempt.
+
+        A report about a task the engine is not running changes nothing.
+        """
+        engine = self._engines.get(engine_id)
+        if engine is None or taskid not in engine.running:
+            return []
+        task = self._tasks.get(taskid)
+        self._release(engine, taskid)
+        if self._is_running_on(task, engine_id):
+            assert task is not None
+            task.attempts -= 1
             self._enqueue(task)
         return self._schedule()
 
@@ -574,6 +593,8 @@ class Scheduler:
 
     def _pick(self, engine: _Engine) -> _Task | None:
         """Pop and return the first queued task ``engine`` can take, if any."""
+        if engine.id in self.busy:
+            return None
         plain = self._plain
         while plain and not self._live(plain[0]):
             heapq.heappop(plain)

@@ -16,26 +16,33 @@ from twisted.logger import Logger
 from ipkernel.controller.multiengine import MultiEngine
 from ipkernel.controller.queue import EngineQueue
 from ipkernel.controller.registry import EngineRegistry
+from ipkernel.controller.tasks import TaskController
 from ipkernel.interfaces.engine import IEngine
 
 
 class ControllerService(MultiService):
-    """Engine registry, one queue per engine, and the MultiEngine service over them.
+    """Engine registry, one queue per engine, and the MultiEngine and Task services over them.
 
     ``on_stop_requested`` is called when a client asks for the controller to stop
     (``mec.kill(controller=True)``); the program that runs the service decides what that
     means (``ipcontroller`` stops its reactor). No method here stops a reactor.
+    ``clock`` (an ``IReactorTime``, the global reactor by default) is what the task
+    controller (:attr:`tasks`) uses to wait for the next reactor turn.
     """
 
     log = Logger()
 
-    def __init__(self, on_stop_requested: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, on_stop_requested: Callable[[], Any] | None = None, clock: Any = None
+    ) -> None:
         super().__init__()
         self.registry = EngineRegistry()
         self.queues: dict[int, EngineQueue] = {}
         self._on_stop_requested = on_stop_requested
         self.multiengine = MultiEngine(self.registry, self.queues, self.request_stop)
         self.properties_listeners: list[Callable[[int, int], Any]] = []
+        #: The Task service (:class:`~ipkernel.interfaces.ITaskController`).
+        self.tasks = TaskController(self, clock=clock)
 
     def register_engine(self, engine: IEngine, requested_id: int | None = None) -> int:
         """Add a connected engine; return its id. It leaves when it disconnects."""

@@ -6,22 +6,39 @@ the reply as an outcome. Queued commands run through an *executor* (in ``ipengin
 process's main thread; in tests, synchronously); direct commands run at once in the
 caller's thread. No network code: ``ipkernel.engine.service`` puts it on the wire, and
 tests drive it directly or hand it to a controller service as a fake engine.
+
+Large results: with a *payload policy* (``payloads``, see
+:class:`ipkernel.wire.transfer.EnginePayloads`) a result of
+:data:`~ipkernel.wire.transfer.INLINE_LIMIT` bytes or more is answered as a stream or
+through shared memory instead of inline frames; without one (tests) every result is
+frames.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
 from ipkernel.engine.interpreter import Interpreter
 from ipkernel.engine.properties import Properties
+from ipkernel.engine.tasks import TaskRunner
 from ipkernel.interfaces.engine import DIRECT_COMMANDS, QUEUED_COMMANDS, IEngine
-from ipkernel.serialization import deserialize, serialize, serialize_failure
+from ipkernel.serialization import Serialized, deserialize, dump, serialize, serialize_failure
 
 Executor = Callable[..., Deferred]
+
+
+class PayloadPolicy(Protocol):
+    """How an engine sends large results (see :class:`ipkernel.wire.transfer.EnginePayloads`)."""
+
+    def pack(self, serialized: Serialized, options: dict | None) -> Any:
+        """Frames or a payload object for ``serialized``, given the request's ``options``."""
+
+    def release(self, tokens: list[str]) -> int:
+        """Close the shared-memory segments named by ``tokens``; return how many."""
 
 
 def run_inline(fn: Callable, *args: Any) -> Deferred:
@@ -52,14 +69,19 @@ class EngineCore:
         executor: Executor = run_inline,
         on_kill: Callable[[], Any] | None = None,
         on_interrupt: Callable[[], Any] | None = None,
+        payloads: PayloadPolicy | None = None,
     ) -> None:
         self.interpreter = interpreter
+        #: How large results leave (None: always as inline frames).
+        self.payloads = payloads
         self.properties = properties
         self.info: dict = {}
         self._executor = executor
         self._on_kill = on_kill
         self._on_interrupt = on_interrupt
         self._disconnect_listeners: list[Callable[[Any], None]] = []
+        #: Runs the task controller's batches (run_task) and their aborts.
+        self.tasks = TaskRunner(self)
 
     @property
     def id(self) -> int:
@@ -71,14 +93,17 @@ class EngineCore:
 
     # IEngine
 
-    def call(self, command: str, args: list) -> Deferred:
+    def call(self, command: str, args: list, options: dict | None = None) -> Deferred:
         handler = getattr(self, f"cmd_{command}", None)
         if handler is None or (command not in QUEUED_COMMANDS and command not in DIRECT_COMMANDS):
             return succeed(("error", ("ValueError", f"unknown engine command {command!r}")))
+        if command == "run_task":
+            # Each task of the batch gets its own wire-safe outcome (see cmd_run_task).
+            return self._executor(self.tasks.run_command, args)
         if command in QUEUED_COMMANDS:
-            d = self._executor(self._outcome, command, handler, args)
+            d = self._executor(self._outcome, command, handler, args, options)
         else:
-            d = succeed(self._outcome(command, handler, args))
+            d = succeed(self._outcome(command, handler, args, options))
         return d
 
     def notify_on_disconnect(self, callback: Callable[[Any], None]) -> None:
@@ -88,9 +113,16 @@ class EngineCore:
         for listener in list(self._disconnect_listeners):
             listener(self)
 
-    def _outcome(self, command: str, handler: Callable, args: list) -> tuple:
+    def _outcome(
+        self, command: str, handler: Callable, args: list, options: dict | None = None
+    ) -> tuple:
         try:
-            return ("ok", serialize(handler(*args)))
+            value = handler(*args)
+            if self.payloads is None:
+                return ("ok", serialize(value))
+            # Packing runs here (the main thread for queued commands), so writing a
+            # shared-memory segment never holds up the reactor.
+            return ("ok", self.payloads.pack(dump(value), options))
         except BaseException as exc:  # user code may raise anything, KeyboardInterrupt too
             if isinstance(exc, SystemExit):
                 exc = RuntimeError(f"user code called sys.exit({exc.code!r})")
@@ -128,6 +160,10 @@ class EngineCore:
         func, seq = deserialize(frames)
         return self.interpreter.apply(func, seq)
 
+    def cmd_run_task(self, message: list) -> tuple:
+        """Run a batch of tasks: see :meth:`ipkernel.engine.tasks.TaskRunner.run`."""
+        return self.tasks.run(message)
+
     # Direct commands: answered at once, even while user code runs.
 
     def cmd_get_properties(self, keys: object = None) -> dict:
@@ -148,11 +184,24 @@ class EngineCore:
     def cmd_ping(self) -> str:
         return "pong"
 
+    def cmd_release_shm(self, tokens: object) -> int:
+        """A client has opened the shared-memory results named by ``tokens``: close them."""
+        if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
+            raise TypeError("release_shm needs a list of segment tokens")
+        return 0 if self.payloads is None else self.payloads.release(list(tokens))
+
     def cmd_kill(self) -> None:
         if self._on_kill is not None:
             self._on_kill()
 
-    def cmd_interrupt(self) -> None:
+    def cmd_interrupt(self, taskid: int | None = None) -> None:
+        """Interrupt the running command; with ``taskid``, abort only that task.
+
+        An aborted task that has not started yet is skipped when its batch reaches it;
+        if it is running, ``KeyboardInterrupt`` is raised in it, never in another task.
+        """
+        if taskid is not None and not self.tasks.abort(taskid, self._on_interrupt is not None):
+            return
         if self._on_interrupt is not None:
             self._on_interrupt()
 

@@ -15,27 +15,71 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from ipkernel import shm
 from ipkernel.engine.core import EngineCore
-from ipkernel.errors import KeyFileNotFound
+from ipkernel.errors import KeyFileNotFound, TransferError
+from ipkernel.interfaces.engine import QUEUED_COMMANDS
 from ipkernel.security import read_key_file
 from ipkernel.wire.connect import login
+from ipkernel.wire.transfer import OutgoingPayload, find_payloads, when_received
 
 
 class EngineReference(pb.Referenceable):
-    """What the controller calls: one method, ``call(command, args)`` → outcome."""
+    """What the controller calls: ``call(command, args, options=None)`` → outcome.
+
+    Large payloads: a command whose arguments are still streaming in runs once they have
+    all arrived (or fails with ``TransferError``, running nothing, if one is aborted). A
+    queued command also waits until the previous queued command's streamed result has
+    left, so that nothing changes in the namespace while its bytes are being read.
+    """
 
     def __init__(self, core: EngineCore) -> None:
         self._core = core
+        self._leaving: list[OutgoingPayload] = []
 
-    def remote_call(self, command: object, args: object) -> Deferred:
+    def remote_call(self, command: object, args: object, options: object = None) -> Deferred:
         if not isinstance(command, str) or not isinstance(args, (list, tuple)):
-            return ("error", ("TypeError", "call(command: str, args: list) expected"))
-        return self._core.call(command, list(args))
+            return succeed(("error", ("TypeError", "call(command: str, args: list) expected")))
+        args = list(args)
+        opts = options if isinstance(options, dict) else None
+        waits = []
+        incoming = find_payloads(args)
+        if incoming:
+            waits.append(when_received(incoming))
+        queued = command in QUEUED_COMMANDS
+        if queued and self._leaving:
+            leaving, self._leaving = self._leaving, []
+            waits.extend(p.when_sent() for p in leaving)
+        if not waits:
+            d = self._core.call(command, args, opts)
+        else:
+            d = gatherResults(waits, consumeErrors=True)
+            d.addCallbacks(
+                lambda _: self._core.call(command, args, opts),
+                lambda f: ("error", ("TransferError", _transfer_failure(f))),
+            )
+        if queued:
+            d.addCallback(self._track)
+        return d
+
+    def _track(self, outcome: object) -> object:
+        if isinstance(outcome, tuple) and len(outcome) == 2:
+            payload = outcome[1]
+            if isinstance(payload, OutgoingPayload):
+                self._leaving.append(payload)
+        return outcome
+
+
+def _transfer_failure(failure: Failure) -> str:
+    exc = getattr(failure.value, "subFailure", failure).value
+    if isinstance(exc, TransferError):
+        return f"an argument did not arrive whole: {exc}"
+    return f"an argument could not be received: {exc}"
 
 
 class EngineService(Service):
@@ -69,9 +113,12 @@ class EngineService(Service):
         self._retry_call = None
         self._last_complaint: str | None = None
         self.registered: list[Deferred] = []
+        probe = shm.local_probe()
         core.info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "host_id": shm.host_identity(),
+            "shm_probe": None if probe is None else probe.to_wire(),
             "mpi_rank": requested_id
             if core.info.get("mpi_rank") is None
             else core.info["mpi_rank"],
@@ -131,6 +178,10 @@ class EngineService(Service):
 
     def _lost(self, ref: object) -> None:
         self.registrar = None
+        # Clients release shared-memory results through the controller: none will now.
+        close_all = getattr(self.core.payloads, "close_all", None)
+        if close_all is not None:
+            close_all()
         if self.running:
             self.log.info("lost the controller; reconnecting")
             self._retry(None)

@@ -17,6 +17,19 @@ tests it is an in-memory fake. Either way the controller never looks inside user
       the command did not run to completion for a reason the controller knows, for
       example ``("EngineError", "engine 3 died")`` or ``("QueueCleared", ...)``.
       ``type_name`` names a class in :mod:`ipkernel.errors`.
+  ``("tasks", entries)``
+      only from ``run_task(batch)``, which runs a batch of tasks for the task controller:
+      ``entries`` is one packed message (:data:`ipkernel.wire.records.TASK_REPLY`) with
+      one wire-safe entry per task, in order, so the controller reads each task's fate
+      without unpickling anything: its status ``ok`` or ``raised`` (with frames, as
+      above), ``declined`` (the task's ``depend`` function was false, or raised, for the
+      engine's properties at the version given; nothing else ran) or ``error`` (type
+      name and message, e.g. ``TaskAborted`` for a task aborted before it started), and
+      how long it took on the engine. See :mod:`ipkernel.engine.tasks`.
+
+``interrupt()`` raises ``KeyboardInterrupt`` in the running command; ``interrupt(taskid)``
+aborts one task of a ``run_task`` batch: skipped if it has not started, interrupted if it
+is running, and no other task is touched.
 
 A command that fails affects only itself.
 """
@@ -52,6 +65,7 @@ DIRECT_COMMANDS = frozenset(
         "interrupt",
         "kill",
         "ping",
+        "release_shm",
     }
 )
 
@@ -60,7 +74,10 @@ class IEngine(Interface):
     """One engine, as the controller sees it."""
 
     id = Attribute("The engine's integer id, unique within the controller's life.")
-    info = Attribute("A dict describing the engine: 'pid', 'host', 'mpi_rank' (or None).")
+    info = Attribute(
+        "A dict describing the engine: 'pid', 'host', 'mpi_rank' (or None), and for shared "
+        "memory 'host_id' and 'shm_probe' (absent or None where it is not available)."
+    )
 
     def call(command, args):
         """Run ``command`` with positional ``args`` (a list of wire-safe values) on the engine.
@@ -72,6 +89,14 @@ class IEngine(Interface):
         Returns a Deferred that fires with an outcome (see the module docstring). It never
         errbacks for user-code failures; if the engine goes away before answering it fires
         with ``("error", ("EngineError", message))``.
+
+        Large payloads: arguments and outcomes may hold payload objects instead of frames
+        (streams and shared-memory handles, :mod:`ipkernel.wire.transfer`); the
+        controller passes them on untouched. An implementation may accept a third
+        argument, ``options``: a dict of wire-safe transfer hints, for now ``reply_to``
+        (the requesting client's shared-memory probe, so that the engine may answer
+        through shared memory). Callers pass it only when they have hints, so engines
+        that take two arguments keep working.
         """
 
     def notify_on_disconnect(callback):

@@ -24,17 +24,29 @@ class IMultiEngine(Interface):
     def get_ids():
         """Return the ids of the registered engines, ascending (a list, not a Deferred)."""
 
-    def call(targets, command, args):
+    def get_engine_info(targets):
+        """Fire with ``[(id, info), ...]``: each target's registration info dict.
+
+        ``info`` is what the engine registered with (``IEngine.info``): ``'pid'``,
+        ``'host'``, ``'mpi_rank'``, and for shared memory ``'host_id'`` and
+        ``'shm_probe'`` (see :mod:`ipkernel.shm`). Clients use it to choose how to send
+        large payloads.
+        """
+
+    def call(targets, command, args, options=None):
         """Queue ``command(*args)`` on every target.
 
         ``command`` is an engine command name (see ``IEngine.call``); ``args`` is the same
         list of wire-safe arguments for every target. Queued commands wait their turn in
-        each engine's queue; direct ones are sent at once.
+        each engine's queue; direct ones are sent at once. ``options`` (None or a dict of
+        wire-safe transfer hints, see ``IEngine.call``) goes to each engine with the
+        command. Arguments may hold payloads (streams, shared-memory handles), which are
+        passed along untouched.
 
         Returns a Deferred firing with the ``(engine_id, outcome)`` pairs in target order.
         """
 
-    def call_each(targets, command, args_per_target):
+    def call_each(targets, command, args_per_target, options=None):
         """Like :meth:`call`, but target ``i`` gets ``args_per_target[i]`` (scatter, map).
 
         ``len(args_per_target)`` must equal the number of targets once ``'all'`` is

@@ -3,5 +3,8 @@
 :mod:`ipkernel.wire.broker` holds the PB broker and factories every connection uses (a
 linear-time Banana decoder with per-connection size limits, small until login);
 :mod:`ipkernel.wire.connect` dials the controller and logs in;
-:mod:`ipkernel.wire.errors` holds the errors of a whole remote call as they cross PB.
+:mod:`ipkernel.wire.errors` holds the errors of a whole remote call as they cross PB;
+:mod:`ipkernel.wire.tls` holds the TLS transports every connection runs on;
+:mod:`ipkernel.wire.transfer` moves large payloads: chunked streams with flow control
+(relayed by the controller), or shared-memory handles.
 """

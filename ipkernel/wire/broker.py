@@ -23,6 +23,13 @@ Per-connection limits
     :data:`PRE_AUTH_PENDING_LIMIT`); :meth:`Broker.raise_limits` lifts them once the login
     gate has checked the peer's secret. ``banana.SIZE_LIMIT`` is never changed.
 
+Streams
+    Each broker owns a :class:`~ipkernel.wire.transfer.StreamTable`: large payloads cross
+    as ``ipk_data`` / ``ipk_ack`` / ``ipk_abort`` messages beside the PB calls that name
+    them (see :mod:`ipkernel.wire.transfer`). They are accepted only after login. The
+    server side of a connection (the controller) relays streams, the client side (clients
+    and engines) receives them.
+
 Violations
     A decode violation (a string or list over ``sizeLimit``, an unfinished message over
     ``pending_limit``, an over-long prefix, an unknown type byte or vocabulary entry)
@@ -44,6 +51,8 @@ from twisted.python.failure import Failure
 from twisted.python.reflect import fullyQualifiedName
 from twisted.spread import banana, jelly, pb
 from twisted.spread.banana import BananaError
+
+from ipkernel.wire.transfer import Landed, StreamTable
 
 __all__ = [
     "POST_AUTH_PENDING_LIMIT",
@@ -90,6 +99,11 @@ _VOCAB = banana.VOCAB[0]
 _TYPE_BYTE = re.compile(b"[\x80-\xff]")
 _ONE_DIGIT = [bytes((n,)) for n in range(128)]
 _DOUBLE = struct.Struct("!d")
+
+# Stream chunks at least this large are written straight into their destination.
+_DIRECT_MIN = 32 * 1024
+# The buffer a TLS transport decrypts into when no destination is waiting.
+_SCRATCH = 256 * 1024
 
 _log = Logger()
 
@@ -148,6 +162,17 @@ class Broker(pb.Broker):
         # What the current unfinished message holds, as pending_limit counts it.
         self._held = 0
         self._refused = False
+        # A stream chunk being written straight into its destination (get_buffer):
+        # the destination and how much of it is filled.
+        self._target: memoryview | None = None
+        self._target_filled = 0
+        self._scratch: memoryview | None = None
+        #: True once the peer has logged in (see raise_limits); streams need it.
+        self.authenticated = False
+        #: This connection's large-payload streams.
+        self.streams = StreamTable(
+            self._send_expression, self.send_stream_data, relay=not isClient, odd=isClient
+        )
 
     def raise_limits(
         self,
@@ -162,6 +187,7 @@ class Broker(pb.Broker):
         """
         self.sizeLimit = size_limit
         self.pending_limit = pending_limit
+        self.authenticated = True
 
     def connectionMade(self) -> None:
         """Ask for ``TCP_NODELAY`` where the transport has it, then start as stock does."""
@@ -174,9 +200,117 @@ class Broker(pb.Broker):
         super().connectionMade()
 
     def connectionLost(self, reason: Failure) -> None:
-        """Free any unfinished message, then tear down as stock does."""
+        """Free any unfinished message, abort this connection's streams, tear down as stock."""
         self._forget_partial()
+        self.streams.connection_lost(f"the connection was lost ({reason.getErrorMessage()})")
         super().connectionLost(reason)
+
+    # Streams (ipkernel.wire.transfer)
+
+    def proto_ipk_data(self, sid: object, offset: object, data: object) -> None:
+        """A chunk of a stream the peer sends (``data``: bytes, or Landed in place)."""
+        if self._stream_allowed():
+            self.streams.data_received(sid, offset, data)
+
+    def proto_ipk_ack(self, sid: object, upto: object) -> None:
+        """The peer has taken ``upto`` bytes of a stream this side sends."""
+        if self._stream_allowed():
+            self.streams.ack_received(sid, upto)
+
+    def proto_ipk_abort(self, sid: object, reason: object) -> None:
+        """The peer ended a stream (in either direction) early."""
+        if self._stream_allowed():
+            self.streams.abort_received(sid, reason)
+
+    def _stream_allowed(self) -> bool:
+        if not self.authenticated:
+            self._refuse("a stream message before login")
+            return False
+        return True
+
+    def _send_expression(self, expression: list) -> None:
+        if not self.disconnected and self.transport is not None:
+            self.sendEncoded(expression)
+
+    def send_stream_data(self, sid: int, offset: int, data: object) -> None:
+        """Send ``[b"ipk_data", sid, offset, data]`` without copying ``data`` here.
+
+        ``data`` is any bytes-like object (a view of the sender's buffer). The banana
+        prefix and the data go to the transport as a sequence: the TLS transport
+        encrypts each straight from its buffer.
+        """
+        if self.disconnected or self.transport is None:
+            return
+        size = memoryview(data).nbytes  # type: ignore[arg-type]
+        if size > self.sizeLimit:
+            raise BananaError(f"stream chunk too long to send ({size} bytes)")
+        pieces: list = []
+        self._encode([b"ipk_data", sid, offset], pieces.append)
+        # The list prefix says 3 items; a chunk's list has 4, the data last.
+        pieces[0] = _prefix(4)
+        pieces.append(_prefix(size))
+        pieces.append(banana.STRING)
+        self.transport.writeSequence([b"".join(pieces), data])
+
+    # Reading in place (the TLS transport's buffered-protocol interface)
+
+    def get_buffer(self, hint: int = -1) -> memoryview:
+        """Where the transport should put the next bytes it receives.
+
+        The rest of a large stream chunk goes straight into its destination (a part of
+        a payload being received, or the buffer a relay forwards from); anything else
+        into a scratch buffer, parsed by :meth:`buffer_updated`.
+        """
+        if self._target is not None:
+            return self._target[self._target_filled :]
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(_SCRATCH))
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` bytes were put where :meth:`get_buffer` said."""
+        if self._refused:
+            return
+        if self._target is None:
+            assert self._scratch is not None
+            self.dataReceived(bytes(self._scratch[:nbytes]))
+            return
+        try:
+            self._target_filled += nbytes
+            if self._target_filled == self._target.nbytes:
+                self._land()
+        except BaseException:
+            self._refused = True
+            self._forget_partial()
+            raise
+
+    def _fill_target(self, data: bytes) -> int:
+        """Copy the start of ``data`` into the chunk being received; return how much."""
+        target = self._target
+        assert target is not None
+        take = min(target.nbytes - self._target_filled, len(data))
+        target[self._target_filled : self._target_filled + take] = memoryview(data)[:take]
+        self._target_filled += take
+        if self._target_filled == target.nbytes:
+            self._land()
+        return take
+
+    def _land(self) -> None:
+        target, self._target = self._target, None
+        self._target_filled = 0
+        self._got(Landed(target))
+
+    def _stream_target(self, num: int) -> memoryview | None:
+        """The destination of a stream chunk of ``num`` bytes just announced, if any.
+
+        Only the data string of a top-level ``[b"ipk_data", sid, offset, data]`` qualifies.
+        """
+        if num < _DIRECT_MIN or len(self.listStack) != 1 or not self.authenticated:
+            return None
+        length, items = self.listStack[0]
+        if length != 4 or len(items) != 3 or items[0] != b"ipk_data":
+            return None
+        return self.streams.data_target(items[1], items[2], num)
 
     def dataReceived(self, data: bytes) -> None:
         """Decode ``data``, handing each complete item to ``gotItem`` as stock does."""
@@ -184,7 +318,11 @@ class Broker(pb.Broker):
             return
         try:
             start = 0
-            if self._missing:
+            if self._target is not None:
+                start = self._fill_target(data)
+                if start == len(data):
+                    return
+            elif self._missing:
                 missing = self._missing
                 if len(data) < missing:
                     self._pieces.append(memoryview(data))
@@ -231,6 +369,12 @@ class Broker(pb.Broker):
                 if not self._hold(PENDING_ITEM_COST + num):
                     return
                 if end - body < num:
+                    target = self._stream_target(num)
+                    if target is not None:
+                        self._target = target
+                        self._target_filled = 0
+                        self._fill_target(memoryview(data)[body:])
+                        return
                     self._pieces = [memoryview(data)[body:]]
                     self._missing = num - (end - body)
                     return
@@ -308,6 +452,8 @@ class Broker(pb.Broker):
             self.transport.loseConnection()
 
     def _forget_partial(self) -> None:
+        self._target = None
+        self._target_filled = 0
         self._head = b""
         self._pieces = []
         self._missing = 0
@@ -323,11 +469,14 @@ class Broker(pb.Broker):
         """
         try:
             super().sendCall(*exp)
-        except BananaError:
+        except BananaError as exc:
+            self.streams.message_failed(f"the message naming the stream was refused: {exc}")
             if len(exp) > 1 and exp[0] in (b"message", b"cachemessage"):
                 if self.waitingForAnswers:
                     self.waitingForAnswers.pop(exp[1], None)
             raise
+        # Streams named in this message may start now: their chunks follow it.
+        self.streams.message_sent()
 
     def _encode(self, obj: object, write: Callable[[bytes], object]) -> None:
         """Write stock Banana's encoding of ``obj``, checked against ``self.sizeLimit``.

@@ -14,9 +14,10 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from ipkernel.errors import ControllerUnreachable, StaleKeyFile
-from ipkernel.security import KeyFile, client_tls_options
+from ipkernel.security import KeyFile
 from ipkernel.wire.broker import ClientFactory
 from ipkernel.wire.errors import exception_from_failure
+from ipkernel.wire.tls import connect_tls
 
 
 def login(
@@ -28,9 +29,10 @@ def login(
     file in error messages.
     """
     factory = ClientFactory()
-    tls = client_tls_options(keyfile.fingerprint)
     where = f"{keyfile.host}:{keyfile.port}"
-    reactor.connectSSL(keyfile.host, keyfile.port, factory, tls, timeout=timeout)
+    tls = connect_tls(
+        reactor, keyfile.host, keyfile.port, factory, keyfile.fingerprint, timeout=timeout
+    )
 
     def logged_in(avatar: pb.RemoteReference) -> pb.RemoteReference:
         raise_limits = getattr(avatar.broker, "raise_limits", None)

@@ -1,0 +1,319 @@
+"""Large-data figures for both transports. Prints one JSON line.
+
+    python benchmarks/bench_data.py [--quick]
+
+For each path, ``shm`` (client and engines on this host, large buffers through shared
+memory) and ``stream`` (``transport='stream'``: chunks through the controller over TLS),
+on a local ``ipcluster -n 2``:
+
+- ``push_100MB_MBps`` / ``pull_100MB_MBps`` / ``push_1GB_MBps`` / ``pull_1GB_MBps``: a
+  float64 array to one engine and back (median of several runs for 100 MB);
+- ``scatter_100MB_s`` / ``gather_100MB_s``: a 100 MB array over all engines (median);
+- ``controller_rss_idle_MiB``, ``controller_rss_peak_1GB_MiB`` (during the 1 GB push and
+  pull), ``controller_rss_after_MiB`` (after 3 rounds of 100 MB push + pull);
+- ``small_call_idle_ms`` / ``small_call_during_1GB_ms``: median latency of another
+  client's blocking ``execute('a=1')`` on the other engine, idle and while the 1 GB
+  transfer runs (``..._p90_ms``: 90th percentile);
+- ``two_pushes_MBps``: two 100 MB pushes started together, one to each engine, each one's
+  throughput (fair sharing: about equal).
+
+Measured in the same run, as floors: ``raw_tls_MBps`` (TLS loopback between two
+processes with Python's ``ssl``, 1 MiB writes, the certificate kind ipkernel uses),
+``memcpy_MBps`` (numpy copy of 100 MB into an existing array). Also
+``scatter_list_1M_s`` / ``gather_list_1M_s``: ``list(range(1_000_000))`` over 2 engines.
+``--quick`` skips the 1 GB figures.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _cluster import LocalCluster  # noqa: E402
+
+MB = 1_000_000
+MiB = 2**20
+
+
+def _median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# Floors
+
+
+def _tls_receiver(cert: str, key: str, total: int, ports, results) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        ports.put(listener.getsockname()[1])
+        conn, _ = listener.accept()
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            buf = memoryview(bytearray(MiB))
+            got = 0
+            while got < total:
+                got += tls.recv_into(buf)
+            tls.sendall(b"k")
+    results.put(got)
+
+
+def raw_tls_mbps(total: int = 500 * MB) -> float:
+    """TLS loopback throughput between two processes (the floor of the stream path)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from ipkernel.security import ControllerIdentity
+
+    identity = ControllerIdentity.generate()
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        Path(cert).write_bytes(identity.certificate_pem)
+        Path(key).write_bytes(
+            identity.private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        ctx = multiprocessing.get_context("spawn")
+        ports, results = ctx.Queue(), ctx.Queue()
+        receiver = ctx.Process(target=_tls_receiver, args=(cert, key, total, ports, results))
+        receiver.start()
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_NONE
+        data = os.urandom(MiB)
+        with client.wrap_socket(socket.create_connection(("127.0.0.1", ports.get()))) as tls:
+            tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            start = time.perf_counter()
+            sent = 0
+            while sent < total:
+                tls.sendall(data)
+                sent += len(data)
+            tls.recv(1)
+            elapsed = time.perf_counter() - start
+        results.get()
+        receiver.join()
+    return sent / elapsed / MB
+
+
+def memcpy_mbps() -> float:
+    import numpy as np
+
+    src = np.ones(100 * MB // 8)
+    dst = np.empty_like(src)
+    dst[...] = src
+    return 100 / _median_time(lambda: np.copyto(dst, src), 9)
+
+
+# The controller process and a second client
+
+
+def controller_pid(cluster: LocalCluster) -> int:
+    """The pid of the cluster's ipcontroller (found by its IPKERNEL_DIR)."""
+    wanted = f"IPKERNEL_DIR={cluster.dir}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if b"ipcontroller" not in cmdline:
+                continue
+            if wanted in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                return int(entry)
+        except OSError:
+            continue
+    raise RuntimeError("cannot find the controller process")
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+PROBE = """
+import json, statistics, sys, time
+from pathlib import Path
+from ipkernel import client
+mec = client.MultiEngineClient(sys.argv[1])
+stop, ready = Path(sys.argv[2]), Path(sys.argv[3])
+for _ in range(50):
+    mec.execute("a=1", targets=1)
+ready.touch()
+times = []
+while not stop.exists():
+    t = time.perf_counter()
+    mec.execute("a=1", targets=1)
+    times.append(time.perf_counter() - t)
+    time.sleep(0.002)
+times.sort()
+print(json.dumps({"median_ms": statistics.median(times) * 1e3,
+                  "p90_ms": times[int(len(times) * 0.9)] * 1e3, "n": len(times)}))
+"""
+
+
+class LatencyProbe:
+    """Another client process timing blocking executes on engine 1 until stopped."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ipkernel-probe-"))
+        self.stop_file, ready = self.dir / "stop", self.dir / "ready"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(PROBE),
+                cluster.mec_furl,
+                str(self.stop_file),
+                str(ready),
+            ],
+            env=cluster.env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the latency probe did not start")
+            time.sleep(0.01)
+
+    def finish(self) -> dict:
+        self.stop_file.touch()
+        out, _ = self.proc.communicate(timeout=60)
+        return json.loads(out)
+
+
+# One path
+
+
+def two_pushes(mec, arr) -> list[int]:
+    """Throughput of each of two pushes of ``arr`` started together to engines 0 and 1."""
+    rates = []
+    for _ in range(3):
+        start = time.perf_counter()
+        done: dict[int, float] = {}
+        pending = [mec.push({"y": arr}, targets=i, block=False) for i in (0, 1)]
+        for i, pr in enumerate(pending):
+            pr.future.add_done_callback(
+                lambda f, i=i, done=done: done.setdefault(i, time.perf_counter())
+            )
+        mec.barrier(pending)
+        for pr in pending:
+            pr.get_result()
+        rates.append([round(arr.nbytes / MB / (done[i] - start)) for i in (0, 1)])
+    rates.sort(key=lambda pair: sum(pair))
+    return rates[1]
+
+
+def bench_path(cluster: LocalCluster, transport: str, quick: bool) -> dict:
+    import numpy as np
+
+    from ipkernel import client
+
+    figures: dict[str, float] = {}
+    mec = client.MultiEngineClient(cluster.mec_furl, transport=transport)
+    pid = controller_pid(cluster)
+    mec.execute("a=1")
+    figures["controller_rss_idle_MiB"] = round(rss_mib(pid), 1)
+
+    arr = np.random.default_rng(0).random(100 * MB // 8)
+    mec.push({"x": arr}, targets=0)  # warm up both ways
+    [back] = mec.pull("x", targets=0)
+    assert np.array_equal(back, arr)
+    del back
+    figures["push_100MB_MBps"] = round(
+        100 / _median_time(lambda: mec.push({"x": arr}, targets=0), 5)
+    )
+    figures["pull_100MB_MBps"] = round(100 / _median_time(lambda: mec.pull("x", targets=0), 5))
+    figures["scatter_100MB_s"] = round(_median_time(lambda: mec.scatter("s", arr), 5), 4)
+    figures["gather_100MB_s"] = round(_median_time(lambda: mec.gather("s"), 5), 4)
+    for _ in range(3):
+        mec.push({"x": arr}, targets=0)
+        mec.pull("x", targets=0)
+    mec.execute("x = s = None")
+    figures["controller_rss_after_MiB"] = round(rss_mib(pid), 1)
+    figures["two_pushes_MBps"] = two_pushes(mec, arr)
+
+    probe = LatencyProbe(cluster)
+    time.sleep(0.5)
+    figures["small_call_idle_ms"] = round(probe.finish()["median_ms"], 3)
+    if not quick:
+        big = np.random.default_rng(1).random(1000 * MB // 8)
+        peak = rss_mib(pid)
+        probe = LatencyProbe(cluster)
+        import threading
+
+        sampling = True
+
+        def sample() -> None:
+            nonlocal peak
+            while sampling:
+                peak = max(peak, rss_mib(pid))
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        mec.push({"big": big}, targets=0)
+        middle = time.perf_counter()
+        [back] = mec.pull("big", targets=0)
+        end = time.perf_counter()
+        latency = probe.finish()
+        sampling = False
+        sampler.join()
+        assert np.array_equal(back, big)
+        del back
+        mec.execute("big = None", targets=0)
+        figures["push_1GB_MBps"] = round(1000 / (middle - start))
+        figures["pull_1GB_MBps"] = round(1000 / (end - middle))
+        figures["controller_rss_peak_1GB_MiB"] = round(peak, 1)
+        figures["small_call_during_1GB_ms"] = round(latency["median_ms"], 3)
+        figures["small_call_during_1GB_p90_ms"] = round(latency["p90_ms"], 3)
+    figures["controller_rss_end_MiB"] = round(rss_mib(pid), 1)
+    mec.close()
+    return figures
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    figures: dict[str, object] = {"benchmark": "data", "python": platform.python_version()}
+    figures["raw_tls_MBps"] = round(raw_tls_mbps())
+    figures["memcpy_MBps"] = round(memcpy_mbps())
+    with LocalCluster(2) as cluster:
+        from ipkernel import client
+
+        for transport, name in (("auto", "shm"), ("stream", "stream")):
+            figures[name] = bench_path(cluster, transport, quick)
+        mec = client.MultiEngineClient(cluster.mec_furl)
+        data = list(range(1_000_000))
+        figures["scatter_list_1M_s"] = round(_median_time(lambda: mec.scatter("l", data), 7), 4)
+        figures["gather_list_1M_s"] = round(_median_time(lambda: mec.gather("l"), 7), 4)
+        mec.close()
+    figures["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

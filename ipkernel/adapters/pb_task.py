@@ -1,0 +1,155 @@
+"""The Task interface over PB: validate, forward, translate errors.
+
+One :class:`TaskAdapter` per logged-in Task client. It holds no scheduling logic: each
+remote method checks its arguments' types and forwards to the task controller
+(:class:`~ipkernel.controller.tasks.TaskController`); the controller's errors
+(``IndexError`` for an unknown or finished task, ``ValueError`` for a malformed one) cross
+as :class:`~ipkernel.wire.errors.WireError`.
+
+Per-client state is the id blocks the client reserved: a client submits tasks under ids
+it reserved (``reserve_ids``), so it knows each task's id without waiting for an answer
+and can send many tasks in one message (``run_tasks``); it cannot submit under an id it
+did not reserve.
+
+Batches of tasks and of results cross as packed messages (:mod:`ipkernel.wire.records`),
+not as nested lists, which PB would encode element by element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.spread import pb
+
+from ipkernel.wire.errors import WireError, to_wire
+from ipkernel.wire.records import TASK_SUBMIT, MalformedRecords, pack_results
+
+#: Most ids one ``reserve_ids`` call may ask for.
+MAX_RESERVE = 1 << 16
+#: Most task ids one call may name (``run_tasks``, ``barrier``, ``get_task_results``).
+MAX_IDS = 1 << 20
+
+
+def _forward(method: Callable[..., Any], *args: Any) -> Deferred:
+    return maybeDeferred(method, *args).addErrback(to_wire)
+
+
+def _int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise WireError("TypeError", f"{what} must be an int, not {type(value).__name__}")
+    return value
+
+
+def _ids(value: object) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_IDS:
+        raise WireError("TypeError", "task ids must be an int or a list of ints")
+    return [_int(v, "a task id") for v in value]
+
+
+class TaskAdapter(pb.Referenceable):
+    """A Task client's avatar over one :class:`~ipkernel.controller.tasks.TaskController`."""
+
+    def __init__(self, tasks: Any) -> None:
+        self._tasks = tasks
+        self._reserved: list[range] = []
+
+    def _owns(self, taskid: object) -> bool:
+        return (
+            isinstance(taskid, int)
+            and not isinstance(taskid, bool)
+            and any(taskid in block for block in self._reserved)
+        )
+
+    def remote_reserve_ids(self, count: object) -> int:
+        """Reserve ``count`` consecutive new ids for this client; return the first."""
+        count = _int(count, "count")
+        if not 1 <= count <= MAX_RESERVE:
+            raise WireError("ValueError", f"count must be between 1 and {MAX_RESERVE}")
+        first = self._tasks.reserve_ids(count)
+        last = self._reserved[-1] if self._reserved else None
+        if last is not None and last.stop == first:
+            self._reserved[-1] = range(last.start, first + count)
+        else:
+            self._reserved.append(range(first, first + count))
+        return first
+
+    def remote_run_tasks(self, message: object) -> list:
+        """Submit the tasks packed in ``message`` (:data:`~ipkernel.wire.records.TASK_SUBMIT`)
+        under ids this client reserved.
+
+        Returns ``[[taskid, type_name, message], ...]`` for the tasks refused (usually
+        none); the others are accepted. A message that cannot be unpacked is refused as a
+        whole (``TypeError``).
+        """
+        try:
+            records = TASK_SUBMIT.unpack(message)
+        except MalformedRecords as exc:
+            raise WireError("TypeError", f"run_tasks: {exc}") from None
+        tasks: list[tuple[int, list]] = []
+        for (taskid, retries), (body, depend) in records:
+            if taskid == -1:
+                if not tasks:
+                    raise WireError("TypeError", "run_tasks: a recovery task with no task")
+                tasks[-1][1].append([retries, body, depend])
+            else:
+                tasks.append((taskid, [[retries, body, depend]]))
+        refused: list[list] = []
+        accepted: list[tuple[int, list]] = []
+        for taskid, chain in tasks:
+            if self._owns(taskid):
+                accepted.append((taskid, chain))
+            else:
+                refused.append(
+                    [taskid, "ValueError", f"task id {taskid} was not reserved by this client"]
+                )
+        for (taskid, _), error in zip(accepted, self._tasks.run_many(accepted), strict=True):
+            if error is not None:
+                refused.append([taskid, type(error).__name__, str(error)])
+        return refused
+
+    def remote_get_task_result(self, taskid: object, block: object = False) -> Deferred:
+        """The record of ``taskid``, packed (``None`` if not finished and not ``block``)."""
+        d = _forward(self._tasks.get_task_result, _int(taskid, "taskid"), bool(block))
+        return d.addCallback(lambda record: None if record is None else pack_results([record]))
+
+    def remote_get_task_results(self, taskids: object, block: object = False) -> Deferred:
+        """The records of ``taskids``, packed in order."""
+        d = _forward(self._tasks.get_task_results, _ids(taskids), bool(block))
+        return d.addCallback(pack_results)
+
+    def remote_barrier(self, taskids: object) -> Deferred:
+        """Fire with ``None`` once every task named is finished."""
+        return _forward(self._tasks.barrier, _ids(taskids))
+
+    def remote_abort(self, taskid: object) -> Deferred:
+        """Cancel a queued or running task (``IndexError`` once it has finished)."""
+        return _forward(self._tasks.abort, _int(taskid, "taskid"))
+
+    def remote_queue_status(self, verbose: object = False) -> Deferred:
+        """Counts (or ids) of tasks by state."""
+        return _forward(self._tasks.queue_status, bool(verbose))
+
+    def remote_spin(self) -> Deferred:
+        """Run a scheduling pass."""
+        return _forward(self._tasks.spin)
+
+    def remote_clear(self) -> Deferred:
+        """Forget finished tasks' records."""
+        return _forward(self._tasks.clear)
+
+    def remote_engine_count(self) -> int:
+        """How many engines take tasks now."""
+        return self._tasks.engine_count()
+
+
+def task_avatar_factory(tasks: Any) -> Callable[[pb.Broker], TaskAdapter]:
+    """The gate's avatar factory for the Task role (one adapter per connection)."""
+
+    def make(broker: pb.Broker) -> TaskAdapter:
+        return TaskAdapter(tasks)
+
+    return make

@@ -1,0 +1,219 @@
+"""Task records and where they are kept: the store interface and the in-memory store.
+
+The task controller writes one :class:`TaskRecord` per submitted task (ids as the users
+see them) and reads it back to answer ``get_task_result`` from any client, now or after
+the submitting client has gone. A record holds only wire-safe values: the task's opaque
+frames and the options the scheduler needs, its state, timestamps, engine, attempts and
+the outcome of the run that settled it (its result bytes). Nothing in a record is ever
+unpickled by the controller.
+
+:class:`ITaskStore` is the contract; :class:`MemoryStore` keeps records in a dict for the
+controller's lifetime. A store backed by SQLite (``ipcontroller --db PATH``) implements the
+same methods: every field of a record is a number, a string, ``None`` or a list of
+``bytes``, so a record maps onto one row (frames as BLOBs), and :meth:`ITaskStore.save`
+is called after every change the controller makes, so that row stays current.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from zope.interface import Attribute, Interface, implementer
+
+__all__ = [
+    "FINISHED_STATES",
+    "STATES",
+    "ITaskStore",
+    "MemoryStore",
+    "TaskRecord",
+    "TaskSpec",
+]
+
+#: The states a record can be in, as the keys of ``queue_status``.
+STATES = ("scheduled", "pending", "succeeded", "failed")
+#: States in which a task's result is final.
+FINISHED_STATES = frozenset({"succeeded", "failed"})
+
+Frames = list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One runnable task as the controller holds it.
+
+    ``body`` is the serialized task (code or function and arguments, ``push``, ``pull``,
+    ``clear_before``/``clear_after``), made by the client and read only by the engine.
+    ``depend`` is the serialized ``depend`` function or ``None``; ``digest`` is the
+    SHA-256 of its frames (computed by the controller from the bytes, so tasks sharing a
+    ``depend`` function share cached verdicts). ``retries`` is how many re-runs a failed
+    attempt may have.
+    """
+
+    body: Frames
+    depend: Frames | None
+    digest: str | None
+    retries: int
+
+
+@dataclass(slots=True, eq=False)
+class TaskRecord:
+    """A submitted task, its recovery chain, and what became of it.
+
+    ``chain[0]`` is the task itself and ``chain[1:]`` its recovery tasks, in order;
+    ``link`` is the index of the one now in charge (it moves on when a task fails for
+    good and its recovery task is queued). The result under :attr:`taskid` is the
+    outcome of the last link that ran, as in IPython 0.9, where a recovery task took over
+    the id of the task it recovered.
+
+    ``outcome`` is ``None`` until the task is finished, then ``("ok", frames)``,
+    ``("raised", frames)`` or ``("error", (type_name, message))``. Times are seconds
+    since the epoch on the controller's clock; ``duration`` is the engine's own
+    measurement of the attempt that finished (``None`` if no attempt ran to the end).
+    ``attempts`` counts the runs of the link in charge, ``recovered`` is ``link`` once
+    the task is finished.
+    """
+
+    taskid: int
+    chain: list[TaskSpec]
+    submitted: float
+    state: str = "scheduled"
+    link: int = 0
+    started: float | None = None
+    completed: float | None = None
+    engine_id: int | None = None
+    attempts: int = 0
+    duration: float | None = None
+    outcome: tuple[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the record holds the task's final outcome."""
+        return self.state in FINISHED_STATES
+
+    def to_wire(self) -> dict[str, Any]:
+        """The record as the task adapter sends it to a client (outcome bytes included)."""
+        status, value = self.outcome if self.outcome is not None else (None, None)
+        return {
+            "taskid": self.taskid,
+            "state": self.state,
+            "status": status,
+            "value": list(value) if isinstance(value, tuple) else value,
+            "engine_id": self.engine_id,
+            "submitted": self.submitted,
+            "started": self.started,
+            "completed": self.completed,
+            "duration": self.duration,
+            "attempts": self.attempts,
+            "recovered": self.link,
+        }
+
+
+class ITaskStore(Interface):
+    """Where task records live; the controller is its only user, in the reactor thread."""
+
+    def reserve_ids(count):
+        """Return the first of ``count`` consecutive task ids never handed out before.
+
+        Ids are never reused within the store's life (across controller restarts, for a
+        persistent store). Raises ``ValueError`` if ``count`` is less than 1.
+        """
+
+    def add(record):
+        """Keep a new :class:`TaskRecord`; ``ValueError`` if its id is already known."""
+
+    def get(taskid):
+        """Return the record of ``taskid``, or ``None`` if there is none."""
+
+    def save(record):
+        """The controller changed ``record`` (state, times, outcome ...): persist it."""
+
+    def ids(state):
+        """Return the ids of the records in ``state`` (one of :data:`STATES`), ascending."""
+
+    def count(state):
+        """Return how many records are in ``state``."""
+
+    def unfinished():
+        """Return the records not finished, by id (a restarted controller queues them)."""
+
+    def remove_finished():
+        """Forget every finished record; return the ids forgotten, ascending."""
+
+    size = Attribute("The number of records held.")
+
+
+@implementer(ITaskStore)
+class MemoryStore:
+    """Records in a dict, for the controller's lifetime (the default store).
+
+    :meth:`save` only re-files a record whose state changed; the record objects
+    themselves are the stored data.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[int, TaskRecord] = {}
+        # The state each record was filed under at its last add/save.
+        self._filed: dict[int, str] = {}
+        self._by_state: dict[str, set[int]] = {state: set() for state in STATES}
+        self._next_id = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._records)
+
+    def reserve_ids(self, count: int) -> int:
+        if count < 1:
+            raise ValueError(f"cannot reserve {count} ids")
+        first = self._next_id
+        self._next_id += count
+        return first
+
+    def add(self, record: TaskRecord) -> None:
+        if record.taskid in self._records:
+            raise ValueError(f"task {record.taskid} already exists")
+        if record.taskid >= self._next_id:
+            # A record added under an id nobody reserved (a store being filled by hand)
+            # still keeps later reservations from handing that id out again.
+            self._next_id = record.taskid + 1
+        self._records[record.taskid] = record
+        self._file(record)
+
+    def get(self, taskid: int) -> TaskRecord | None:
+        return self._records.get(taskid)
+
+    def save(self, record: TaskRecord) -> None:
+        if self._filed.get(record.taskid) != record.state and record.taskid in self._records:
+            self._file(record)
+
+    def ids(self, state: str) -> list[int]:
+        return sorted(self._by_state[state])
+
+    def count(self, state: str) -> int:
+        return len(self._by_state[state])
+
+    def unfinished(self) -> list[TaskRecord]:
+        return [
+            self._records[i]
+            for i in sorted(self._by_state["scheduled"] | self._by_state["pending"])
+        ]
+
+    def remove_finished(self) -> list[int]:
+        gone = sorted(self._by_state["succeeded"] | self._by_state["failed"])
+        self._forget(gone)
+        return gone
+
+    def _file(self, record: TaskRecord) -> None:
+        old = self._filed.get(record.taskid)
+        if old is not None:
+            self._by_state[old].discard(record.taskid)
+        self._by_state[record.state].add(record.taskid)
+        self._filed[record.taskid] = record.state
+
+    def _forget(self, taskids: Iterable[int]) -> None:
+        for taskid in taskids:
+            self._records.pop(taskid, None)
+            state = self._filed.pop(taskid, None)
+            if state is not None:
+                self._by_state[state].discard(taskid)

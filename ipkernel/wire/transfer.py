@@ -1,0 +1,1021 @@
+"""Large payloads on the wire: chunked streams with flow control, or shared memory.
+
+A serialized object (:class:`ipkernel.serialization.Serialized`: a small header and its
+parts, the pickle stream and the out-of-band buffers) crosses a PB connection in one of
+three forms, chosen by its sender:
+
+inline
+    small payloads (under :data:`INLINE_LIMIT`) as frames, a list of ``bytes`` inside the
+    message itself, as before.
+stream
+    an :class:`OutgoingPayload` placed in a message (call arguments or an answer) is
+    jellied as a small *stream reference* ``[b"ipkernel.stream", sid, size, header]``;
+    once that message is written, the sending broker sends the parts as separate
+    ``ipk_data`` messages of at most :data:`CHUNK` bytes, never more than :data:`WINDOW`
+    bytes ahead of the receiver's ``ipk_ack``. Either side may end a stream with
+    ``ipk_abort``; a lost connection aborts every stream on it.
+shared memory
+    a :class:`SharedPayload`: the sender wrote the parts into a segment
+    (:mod:`ipkernel.shm`) and the message carries its handle.
+
+Where a stream reference arrives decides what it becomes. The controller's brokers (the
+server side of every connection) *relay*: the reference becomes a :class:`RelayedPayload`
+that the controller passes along like any other argument, without looking inside; when
+it is put into a message on another connection, the chunks are forwarded there as they
+arrive, and acknowledged upstream once written downstream. The controller holds at most
+a window of each stream, and a slow receiver slows the sender. Clients and engines (the
+client side of every connection) *receive*: the reference becomes a
+:class:`ReceivedPayload` that preallocates the parts from the header and writes each
+chunk into place; :func:`ipkernel.serialization.deserialize` rebuilds the object once
+:meth:`ReceivedPayload.when_received` has fired. A relayed payload that nobody forwards
+(its command was dropped, its client went away) is aborted when the controller lets go
+of it, so its sender stops and every side frees what it held.
+
+Stream ids are chosen by the stream's sender, even on the server side of a connection
+and odd on the client side, so one number names one stream on a connection.
+
+:class:`StreamTable` holds a broker's streams; :class:`ipkernel.wire.broker.Broker` owns
+one and hands it the ``ipk_*`` messages. This module never unpickles anything: the
+controller sees sizes, ids and bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import os
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread.jelly import InsecureJelly, Jellyable, setUnjellyableForClass
+
+from ipkernel import shm
+from ipkernel.errors import SerializationError, SharedMemoryError, TransferError
+from ipkernel.serialization import Serialized, read_header
+
+__all__ = [
+    "CHUNK",
+    "INLINE_LIMIT",
+    "TRANSPORT_ENV",
+    "WINDOW",
+    "OutgoingPayload",
+    "ReceivedPayload",
+    "RelayedPayload",
+    "SharedPayload",
+    "StreamTable",
+    "find_payloads",
+    "stream_stats",
+    "transport_mode",
+    "tune_allocator",
+    "when_received",
+]
+
+#: Payloads smaller than this (in bytes, parts only) travel inline, inside the message.
+INLINE_LIMIT = 64 * 1024
+
+#: The most payload bytes in one ``ipk_data`` message.
+CHUNK = 512 * 1024
+
+#: The most bytes a sender may have sent and not had acknowledged, per stream.
+WINDOW = 8 * 1024 * 1024
+
+#: Receivers acknowledge at least this often (in bytes received or forwarded).
+ACK_EVERY = 1024 * 1024
+
+#: The environment variable that chooses the transport: ``auto`` (shared memory where
+#: possible, the default) or ``stream`` (always the network).
+TRANSPORT_ENV = "IPKERNEL_TRANSPORT"
+
+STREAM_TYPE = b"ipkernel.stream"
+SHARED_TYPE = b"ipkernel.shared"
+
+# Parts this large are received into private anonymous mappings: the kernel hands out
+# zeroed pages as they are first written, where a bytearray would be zeroed first.
+_MAP_ANONYMOUS_FROM = 1024 * 1024
+# Pages of such a mapping are made present this far ahead of the data, in one call each
+# time (much cheaper than one page fault per page).
+_POPULATE_AHEAD = 8 * 1024 * 1024
+_MADV_POPULATE_WRITE = 23  # Linux 5.14
+
+_log = Logger()
+_tables: weakref.WeakSet[StreamTable] = weakref.WeakSet()
+
+
+def transport_mode(value: str | None = None) -> str:
+    """``'auto'`` or ``'stream'``: ``value`` if given, else ``$IPKERNEL_TRANSPORT``.
+
+    :raises ValueError: for any other value.
+    """
+    if value is None:
+        value = os.environ.get(TRANSPORT_ENV) or "auto"
+    mode = value.strip().lower()
+    if mode not in ("auto", "stream"):
+        raise ValueError(
+            f"transport must be 'auto' or 'stream', not {value!r} (from {TRANSPORT_ENV} "
+            "or the transport option)"
+        )
+    return mode
+
+
+def tune_allocator() -> None:
+    """Keep freed stream buffers in the heap for reuse, in a process that relays streams.
+
+    glibc serves allocations over its ``mmap`` threshold (128 KiB at first) with fresh
+    pages from the kernel and unmaps them when freed; every chunk a relay receives would
+    then pay a page fault per 4 KiB (costly here: several microseconds each in a virtual
+    machine). Raising the threshold to 4 MiB and the trim threshold to 32 MiB keeps
+    chunk-sized buffers in the heap, at the price of up to 32 MiB of freed memory kept.
+    Does nothing where ``mallopt`` does not exist.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 4 * 1024 * 1024)
+    mallopt(m_trim_threshold, 32 * 1024 * 1024)
+
+
+def _allocate(n: int) -> Any:
+    if n >= _MAP_ANONYMOUS_FROM:
+        return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return bytearray(n)
+
+
+_populate_works = True
+
+
+def _populate(part: Any, start: int, length: int) -> None:
+    """Make the pages of ``part[start:start + length]`` present (a hint; errors ignored)."""
+    global _populate_works
+    if _populate_works and isinstance(part, mmap.mmap):
+        start -= start % mmap.PAGESIZE
+        try:
+            part.madvise(_MADV_POPULATE_WRITE, start, min(length, len(part) - start))
+        except (OSError, ValueError):
+            _populate_works = False  # an older kernel: pages come as they are written
+
+
+class Landed:
+    """A stream chunk the broker already wrote where :meth:`StreamTable.data_target` said."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+
+
+# Payloads
+
+
+class OutgoingPayload(Jellyable):
+    """A serialized object to send; put it in a message (arguments or an answer).
+
+    Jellied onto a connection it becomes a stream (or, without a connection, inline
+    frames). :attr:`sent` fires once every byte has been acknowledged by the next hop, or
+    the stream was aborted: until then the object's buffers are read, so they must not
+    change. One payload object is sent once; make one per destination.
+    """
+
+    def __init__(self, serialized: Serialized) -> None:
+        self.serialized = serialized
+        self._stream: _Outgoing | None = None
+        self._used = False
+        self._done = False
+        self._waiters: list[Deferred] = []
+
+    @property
+    def nbytes(self) -> int:
+        return self.serialized.nbytes
+
+    def when_sent(self) -> Deferred:
+        """Fires with None once the payload has left: every byte acknowledged by the next
+        hop, sent inline, or the stream aborted. Never fails."""
+        if self._done:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def cancel(self, reason: str = "the sender gave up") -> None:
+        """Abort the stream if it is still running (and tell the receiver)."""
+        stream = self._stream
+        if stream is not None and not stream.finished:
+            stream.abort(reason, tell_peer=True)
+
+    def jellyFor(self, jellier: Any) -> Any:  # noqa: N802 - jelly's name
+        table = _table_of(jellier)
+        if self._used:
+            raise TransferError("an outgoing payload can be sent only once")
+        self._used = True
+        if table is None:
+            self._finish(None)
+            return jellier.jelly(self.serialized.frames())
+        ser = self.serialized
+        out = self._stream = table.open_outgoing(ser.nbytes, _LocalSource(ser.parts))
+        out.done.addBoth(self._finish)
+        return [STREAM_TYPE, out.sid, ser.nbytes, ser.header]
+
+    def _finish(self, result: object) -> None:
+        self._done = True
+        self._stream = None  # and with it the views of the sender's buffers
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+
+class ReceivedPayload:
+    """A streamed payload arriving at a client or an engine, written into place.
+
+    The parts are allocated from the header when the stream reference arrives; each chunk
+    is copied into them as it comes. :meth:`when_received` fires with this object once
+    the last byte is in, or fails with :class:`~ipkernel.errors.TransferError` if the
+    stream is aborted (the partial data is dropped). :meth:`open` gives the header and
+    the parts, for :func:`ipkernel.serialization.deserialize`.
+    """
+
+    def __init__(self, table: StreamTable, sid: int, total: int, header: bytes) -> None:
+        self.header = header
+        self.nbytes = total
+        self._table = table
+        self._sid = sid
+        self._received = 0
+        self._acked = 0
+        self._error: TransferError | None = None
+        self._waiters: list[Deferred] = []
+        self._index = 0  # the part being filled, and how much of it is
+        self._filled = 0
+        self._populated = 0  # of the part being filled
+        try:
+            self._lengths = read_header(header)
+        except SerializationError as exc:
+            self._lengths = []
+            self._parts: list[Any] = []
+            self._fail(TransferError(f"a stream with an unreadable header: {exc}"), True)
+            return
+        if sum(self._lengths) != total:
+            self._parts = []
+            self._fail(TransferError("a stream whose header does not match its size"), True)
+            return
+        try:
+            self._parts = [_allocate(n) for n in self._lengths]
+        except (MemoryError, OSError) as exc:
+            self._parts = []
+            self._fail(TransferError(f"cannot allocate {total} bytes to receive: {exc}"), True)
+
+    @property
+    def received(self) -> bool:
+        """True once every byte has arrived."""
+        return self._error is None and self._received == self.nbytes and self._sid is None
+
+    def when_received(self) -> Deferred:
+        """A Deferred firing with this payload once whole, or failing with TransferError."""
+        if self._error is not None:
+            return fail(self._error)
+        if self._sid is None:
+            return succeed(self)
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def open(self) -> tuple[bytes, list[Any]]:
+        """The header and the parts; raises TransferError unless the payload is whole."""
+        if self._error is not None:
+            raise self._error
+        if self._sid is not None:
+            raise TransferError("the payload has not arrived yet")
+        return self.header, self._parts
+
+    # Driven by the StreamTable.
+
+    def _start(self) -> None:
+        if self._error is None and self.nbytes == 0:
+            self._complete()
+
+    def _target(self, offset: int, size: int) -> memoryview | None:
+        """Where a chunk of ``size`` bytes at ``offset`` goes, if it fits in one part."""
+        if self._error is not None or offset != self._received:
+            return None
+        lengths = self._lengths
+        while self._index < len(lengths) and self._filled == lengths[self._index]:
+            self._index += 1
+            self._filled = 0
+            self._populated = 0
+        if self._index == len(lengths) or self._filled + size > lengths[self._index]:
+            return None
+        part = self._parts[self._index]
+        end = self._filled + size
+        if end > self._populated:
+            _populate(part, self._populated, end - self._populated + _POPULATE_AHEAD)
+            self._populated = end + _POPULATE_AHEAD
+        return memoryview(part)[self._filled : end]
+
+    def _data(self, offset: int, data: bytes | Landed) -> None:
+        if self._error is not None:
+            return
+        if isinstance(data, Landed):
+            # Already in place (see _target): only the bookkeeping is left.
+            size = data.view.nbytes
+            if offset != self._received:
+                self._fail(TransferError("a stream's chunks arrived out of order"), True)
+                return
+            self._filled += size
+        else:
+            size = len(data)
+            if offset != self._received or size == 0 or self._received + size > self.nbytes:
+                self._fail(TransferError("a stream's chunks arrived out of order"), True)
+                return
+            view = memoryview(data)
+            pos = 0
+            parts, lengths = self._parts, self._lengths
+            while pos < size:
+                while self._filled == lengths[self._index]:  # skip finished (and empty) parts
+                    self._index += 1
+                    self._filled = 0
+                    self._populated = 0
+                take = min(size - pos, lengths[self._index] - self._filled)
+                parts[self._index][self._filled : self._filled + take] = view[pos : pos + take]
+                self._filled += take
+                pos += take
+        self._received += size
+        if self._received == self.nbytes:
+            self._complete()
+        elif self._received - self._acked >= ACK_EVERY:
+            self._acked = self._received
+            self._table.send_ack(self._sid, self._received)
+
+    def _complete(self) -> None:
+        sid, self._sid = self._sid, None
+        self._table.forget_incoming(sid)
+        self._table.send_ack(sid, self.nbytes)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def _abort(self, reason: str) -> None:
+        self._fail(TransferError(reason), False)
+
+    def _fail(self, error: TransferError, tell_peer: bool) -> None:
+        if self._error is not None:
+            return
+        self._error = error
+        self._parts = []  # free what arrived: nothing half-written is ever used
+        sid = self._sid
+        if sid is not None:
+            self._table.forget_incoming(sid)
+            if tell_peer:
+                self._table.send_abort(sid, str(error))
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(Failure(error))
+
+
+class RelayedPayload(Jellyable):
+    """A stream passing through the controller; it stays opaque there.
+
+    Pass it along like any argument; putting it in a message on another connection
+    forwards the stream there (once). Dropping the last reference to it before that
+    aborts the stream, so its sender stops and nothing is left held.
+    """
+
+    def __init__(self, relay: _Relay) -> None:
+        self._relay = relay
+        self.nbytes = relay.total
+        weakref.finalize(self, relay.orphaned).atexit = False
+
+    def jellyFor(self, jellier: Any) -> Any:  # noqa: N802 - jelly's name
+        table = _table_of(jellier)
+        if table is None:
+            raise TransferError("a relayed payload can only be forwarded on a connection")
+        relay = self._relay
+        if relay.sink is not None:
+            raise TransferError("a relayed payload can be forwarded only once")
+        out = table.open_outgoing(relay.total, relay)
+        relay.attach(out)
+        return [STREAM_TYPE, out.sid, relay.total, relay.header]
+
+
+class SharedPayload(Jellyable):
+    """A payload in a shared-memory segment: the header, the segment's handle and layout.
+
+    Made by the sender (:meth:`write`), which keeps the segment open until the receiver
+    has opened it. The controller passes it through. A client or an engine opens it as
+    soon as it arrives; :meth:`open` gives the header and the parts (private mappings of
+    the segment, see :func:`ipkernel.shm.map_parts`). ``owner`` is the id of the engine
+    that made it (it waits for a release), or None when a client made it.
+    """
+
+    def __init__(
+        self,
+        header: bytes,
+        handle: shm.Handle,
+        offsets: list[int],
+        owner: int | None = None,
+        segment: shm.Segment | None = None,
+    ) -> None:
+        self.header = header
+        self.handle = handle
+        self.offsets = offsets
+        self.owner = owner
+        #: The sender's segment (on the sending side only).
+        self.segment = segment
+        self._parts: list[Any] | None = None
+        self._error: BaseException | None = None
+
+    @classmethod
+    def write(cls, serialized: Serialized, owner: int | None = None) -> SharedPayload:
+        """Write ``serialized`` into a new segment.
+
+        :raises SharedMemoryError: if no segment can be made.
+        """
+        segment = shm.Segment.write(serialized.parts)
+        return cls(serialized.header, segment.handle, segment.offsets, owner, segment)
+
+    @property
+    def nbytes(self) -> int:
+        return self.handle.size
+
+    def jellyFor(self, jellier: Any) -> Any:  # noqa: N802 - jelly's name
+        owner = -1 if self.owner is None else self.owner
+        handle = jellier.jelly(self.handle.to_wire())
+        return [SHARED_TYPE, self.header, handle, jellier.jelly(list(self.offsets)), owner]
+
+    def map(self) -> None:
+        """Open and map the segment now (once); errors are kept for :meth:`open`."""
+        if self._parts is not None or self._error is not None:
+            return
+        try:
+            lengths = read_header(self.header)
+            if len(lengths) != len(self.offsets):
+                raise SharedMemoryError("a segment handle that does not match its header")
+            self._parts = shm.map_parts(self.handle, self.offsets, lengths)
+        except (SharedMemoryError, SerializationError) as exc:
+            self._error = exc
+
+    def when_received(self) -> Deferred:
+        return succeed(self)
+
+    def open(self) -> tuple[bytes, list[Any]]:
+        """The header and the mapped parts; raises SharedMemoryError if it cannot be read."""
+        self.map()
+        if self._error is not None:
+            raise self._error
+        assert self._parts is not None
+        return self.header, self._parts
+
+    def close(self) -> None:
+        """Sender side: close the segment (receivers that opened it keep their copy)."""
+        if self.segment is not None:
+            self.segment.close()
+
+
+class EnginePayloads:
+    """An engine's payload policy: how its large results leave.
+
+    A result under :data:`INLINE_LIMIT` bytes goes inline. A larger one goes through
+    shared memory when the request's ``options`` carry a ``reply_to`` probe that this
+    engine can open (the client is on this host, as this user) and the transport is not
+    forced to ``stream``; the segment is kept by ``keeper`` until the client releases it
+    (``release_shm``) or exits. Otherwise it is streamed.
+
+    :param engine_id: returns the engine's current id (the owner named in handles).
+    :param transport: ``'auto'`` or ``'stream'``; default ``$IPKERNEL_TRANSPORT``.
+    """
+
+    def __init__(
+        self,
+        keeper: shm.SegmentKeeper | None,
+        engine_id: Callable[[], int],
+        transport: str | None = None,
+    ) -> None:
+        self.keeper = keeper
+        self._engine_id = engine_id
+        self.transport = transport_mode(transport)
+
+    def pack(self, serialized: Serialized, options: dict | None) -> Any:
+        """Frames, a :class:`SharedPayload` or an :class:`OutgoingPayload`."""
+        if serialized.nbytes < INLINE_LIMIT:
+            return serialized.frames()
+        probe = self._reply_probe(options)
+        if probe is not None and self.keeper is not None:
+            try:
+                payload = SharedPayload.write(serialized, owner=self._engine_id())
+            except SharedMemoryError as exc:
+                _log.info("answering through the network: {error}", error=str(exc))
+            else:
+                assert payload.segment is not None
+                self.keeper.keep(payload.segment, probe.pid)
+                return payload
+        return OutgoingPayload(serialized)
+
+    def release(self, tokens: list[str]) -> int:
+        """Close the segments a client has opened."""
+        return 0 if self.keeper is None else self.keeper.release(tokens)
+
+    def close_all(self) -> None:
+        """Close every segment still held (the controller connection is gone)."""
+        if self.keeper is not None:
+            self.keeper.close_all()
+
+    def _reply_probe(self, options: dict | None) -> shm.Handle | None:
+        if self.transport != "auto" or not options or not shm.available():
+            return None
+        try:
+            probe = shm.Handle.from_wire(options.get("reply_to"))
+        except ValueError:
+            return None
+        if probe.host != shm.host_identity() or not shm.can_open(probe):
+            return None
+        return probe
+
+
+def find_payloads(value: Any, depth: int = 3) -> list[Any]:
+    """The received payloads (stream or shared) inside ``value``'s lists, tuples and dicts."""
+    found: list[Any] = []
+    _find(value, depth, found)
+    return found
+
+
+def _find(value: Any, depth: int, found: list[Any]) -> None:
+    if isinstance(value, (ReceivedPayload, SharedPayload)):
+        found.append(value)
+    elif depth > 0:
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                if type(item) is not bytes:
+                    _find(item, depth - 1, found)
+        elif isinstance(value, dict):
+            for item in value.values():
+                _find(item, depth - 1, found)
+
+
+def when_received(payloads: Sequence[Any]) -> Deferred:
+    """Fire once every payload is whole; fail with the first TransferError otherwise."""
+    pending = [p.when_received() for p in payloads if isinstance(p, ReceivedPayload)]
+    if not pending:
+        return succeed(None)
+    from twisted.internet.defer import gatherResults
+
+    d = gatherResults(pending, consumeErrors=True)
+
+    def first_error(failure: Failure) -> Failure:
+        return failure.value.subFailure  # type: ignore[no-any-return]
+
+    return d.addCallbacks(lambda _: None, first_error)
+
+
+# The per-connection machinery
+
+
+class _LocalSource:
+    """Chunks of local parts; large parts are sliced, small neighbours are joined."""
+
+    def __init__(self, parts: Sequence[memoryview]) -> None:
+        self._parts: Iterator[memoryview] = iter([p for p in parts if p.nbytes])
+        self._current: memoryview | None = None
+        self._offset = 0
+
+    def next_chunk(self, size: int) -> Any:
+        pieces = []
+        need = size
+        while need:
+            current = self._current
+            if current is None or self._offset == current.nbytes:
+                current = self._current = next(self._parts)
+                self._offset = 0
+            take = min(need, current.nbytes - self._offset)
+            pieces.append(current[self._offset : self._offset + take])
+            self._offset += take
+            need -= take
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def pump(self, out: _Outgoing) -> None:
+        while out.sent < out.total and out.room() > 0:
+            out.send(self.next_chunk(min(CHUNK, out.total - out.sent)))
+
+    def sink_aborted(self, reason: str) -> None:
+        self._parts = iter(())
+        self._current = None
+
+
+class _Outgoing:
+    """One stream this side sends: its window, and where its bytes come from."""
+
+    def __init__(self, table: StreamTable, sid: int, total: int, source: Any) -> None:
+        self.table = table
+        self.sid = sid
+        self.total = total
+        self.source = source
+        self.sent = 0
+        self.acked = 0
+        self.started = False
+        self.finished = False
+        #: Fires with None when every byte is acknowledged; fails with TransferError.
+        self.done: Deferred = Deferred()
+
+    def room(self) -> int:
+        if not self.started or self.finished:
+            return 0
+        return self.table.window - (self.sent - self.acked)
+
+    def start(self) -> None:
+        self.started = True
+        if self.total == 0:
+            return  # the receiver acknowledges an empty stream on its own
+        self.source.pump(self)
+
+    def send(self, data: Any) -> None:
+        self.table.send_data(self.sid, self.sent, data)
+        self.sent += memoryview(data).nbytes
+
+    def ack(self, upto: int) -> None:
+        if self.finished or not self.acked <= upto <= self.sent:
+            return
+        self.acked = upto
+        if upto == self.total:
+            self.finished = True
+            self.table.forget_outgoing(self.sid)
+            self.done.callback(None)
+        else:
+            self.source.pump(self)
+
+    def abort(self, reason: str, tell_peer: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.table.forget_outgoing(self.sid)
+        if tell_peer and self.started:
+            self.table.send_abort(self.sid, reason)
+        self.source.sink_aborted(reason)
+        self.done.errback(Failure(TransferError(reason)))
+        self.done.addErrback(lambda f: None)
+
+
+class _Relay:
+    """A stream arriving at the controller: the chunks not yet forwarded, and where to."""
+
+    def __init__(self, table: StreamTable, sid: int, total: int, header: bytes) -> None:
+        self.table = table
+        self.sid: int | None = sid
+        self.total = total
+        self.header = header
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.queued = 0
+        self.received = 0
+        self.forwarded = 0
+        self.acked_upstream = 0
+        self.sink: _Outgoing | None = None
+        self.aborted: str | None = None
+
+    def attach(self, out: _Outgoing) -> None:
+        self.sink = out
+        if self.aborted is not None:
+            # The message carrying the reference still goes out; the stream ends at once.
+            reason = self.aborted
+            out.done.addErrback(lambda f: None)
+            out.table.abort_after_start(out, reason)
+
+    def target(self, offset: int, size: int) -> memoryview | None:
+        """A fresh buffer for a chunk of ``size`` bytes, forwarded once it is full."""
+        if self.aborted is not None or offset != self.received:
+            return None
+        return memoryview(bytearray(size))
+
+    def data(self, offset: int, data: bytes | Landed) -> None:
+        if isinstance(data, Landed):
+            data = data.view  # type: ignore[assignment]
+        size = memoryview(data).nbytes
+        if offset != self.received or self.received + size > self.total:
+            self._upstream_abort("a stream's chunks arrived out of order")
+            return
+        self.received += size
+        self.queue.append(data)  # type: ignore[arg-type]
+        self.queued += size
+        if self.sink is not None:
+            self.pump(self.sink)
+
+    def pump(self, out: _Outgoing) -> None:
+        queue = self.queue
+        while queue and out.room() > 0:
+            data = queue.popleft()
+            size = memoryview(data).nbytes
+            self.queued -= size
+            out.send(data)
+            self.forwarded += size
+        sid = self.sid
+        if sid is None:
+            return
+        if self.forwarded == self.total:
+            self.sid = None
+            self.table.forget_incoming(sid)
+            self.table.send_ack(sid, self.total)
+        elif self.forwarded - self.acked_upstream >= ACK_EVERY or (
+            not queue and self.forwarded > self.acked_upstream
+        ):
+            self.acked_upstream = self.forwarded
+            self.table.send_ack(sid, self.forwarded)
+
+    def sink_aborted(self, reason: str) -> None:
+        """The downstream side is gone: stop the sender, drop what is held."""
+        self._upstream_abort(reason)
+
+    def abort(self, reason: str) -> None:
+        """The sender is gone (or aborted): end the downstream stream, drop what is held."""
+        self._drop(reason)
+        sid, self.sid = self.sid, None
+        if sid is not None:
+            self.table.forget_incoming(sid)
+        if self.sink is not None:
+            self.sink.abort(reason, tell_peer=True)
+
+    def orphaned(self) -> None:
+        """The controller let go of the payload without forwarding it."""
+        if self.sink is None and self.aborted is None:
+            self._upstream_abort("the payload was not delivered (its command was dropped)")
+
+    def _upstream_abort(self, reason: str) -> None:
+        self._drop(reason)
+        sid, self.sid = self.sid, None
+        if sid is not None:
+            self.table.forget_incoming(sid)
+            self.table.send_abort(sid, reason)
+
+    def _drop(self, reason: str) -> None:
+        if self.aborted is None:
+            self.aborted = reason
+        self.queue.clear()
+        self.queued = 0
+
+
+class StreamTable:
+    """The streams of one broker (one connection), in both directions.
+
+    ``relay`` (the controller's side) turns arriving stream references into
+    :class:`RelayedPayload` objects, otherwise into :class:`ReceivedPayload` objects.
+    ``send`` writes one banana expression; ``send_data`` writes one ``ipk_data``
+    message (the broker's fast path). ``on_shared_opened(owner, token)``, if set, is told
+    of every engine-made :class:`SharedPayload` this side has opened, so that the engine
+    can be asked to release it.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list], None],
+        send_data: Callable[[int, int, Any], None],
+        *,
+        relay: bool,
+        odd: bool,
+        window: int = WINDOW,
+    ) -> None:
+        self._send = send
+        self._send_data = send_data
+        self.relay = relay
+        self.window = window
+        self._next_sid = 1 if odd else 2
+        self.outgoing: dict[int, _Outgoing] = {}
+        self.incoming: dict[int, ReceivedPayload | _Relay] = {}
+        self._pending: list[_Outgoing] = []
+        self._aborts_after_start: list[tuple[_Outgoing, str]] = []
+        self._refused: collections.deque[int] = collections.deque(maxlen=64)
+        self.lost = False
+        self.on_shared_opened: Callable[[int, str], None] | None = None
+        _tables.add(self)
+
+    # Sending side
+
+    def open_outgoing(self, total: int, source: Any) -> _Outgoing:
+        """A new outgoing stream; it starts once the message naming it has been sent."""
+        sid = self._next_sid
+        self._next_sid += 2
+        out = _Outgoing(self, sid, total, source)
+        if self.lost:
+            out.abort("the connection is closed", tell_peer=False)
+            return out
+        self.outgoing[sid] = out
+        self._pending.append(out)
+        return out
+
+    def abort_after_start(self, out: _Outgoing, reason: str) -> None:
+        self._aborts_after_start.append((out, reason))
+
+    def message_sent(self) -> None:
+        """The message that named the pending streams is written: start them."""
+        if not self._pending and not self._aborts_after_start:
+            return
+        pending, self._pending = self._pending, []
+        for out in pending:
+            out.started = True
+        aborts, self._aborts_after_start = self._aborts_after_start, []
+        for out, reason in aborts:
+            out.abort(reason, tell_peer=True)
+        for out in pending:
+            if not out.finished:
+                out.start()
+
+    def message_failed(self, reason: str) -> None:
+        """The message could not be sent: its streams never existed for the peer."""
+        pending, self._pending = self._pending, []
+        self._aborts_after_start = []
+        for out in pending:
+            out.abort(reason, tell_peer=False)
+
+    def send_data(self, sid: int, offset: int, data: Any) -> None:
+        self._send_data(sid, offset, data)
+
+    def send_ack(self, sid: int, upto: int) -> None:
+        if not self.lost:
+            self._send([b"ipk_ack", sid, upto])
+
+    def send_abort(self, sid: int, reason: str) -> None:
+        if not self.lost:
+            self._send([b"ipk_abort", sid, reason.encode("utf-8", "replace")[:1000]])
+
+    def forget_outgoing(self, sid: int) -> None:
+        self.outgoing.pop(sid, None)
+
+    def forget_incoming(self, sid: int | None) -> None:
+        if sid is not None:
+            self.incoming.pop(sid, None)
+
+    # Receiving side
+
+    def open_incoming(self, sid: object, total: object, header: object) -> Any:
+        """The object a stream reference unjellies into (relayed or received)."""
+        if not (
+            isinstance(sid, int)
+            and isinstance(total, int)
+            and isinstance(header, bytes)
+            and total >= 0
+            and sid > 0
+        ):
+            raise InsecureJelly("malformed stream reference")
+        if sid in self.incoming:
+            raise InsecureJelly(f"stream {sid} is already open")
+        if self.relay:
+            relay = _Relay(self, sid, total, header)
+            self.incoming[sid] = relay
+            if total == 0:
+                relay.sid = None
+                self.incoming.pop(sid, None)
+            return RelayedPayload(relay)
+        payload = ReceivedPayload(self, sid, total, header)
+        if payload._error is None:
+            self.incoming[sid] = payload
+            payload._start()
+        return payload
+
+    def data_target(self, sid: object, offset: object, size: int) -> memoryview | None:
+        """Where the broker should write an arriving chunk in place, if anywhere.
+
+        Asked when the chunk's header has arrived and its data has not; the chunk then
+        comes to :meth:`data_received` as :class:`Landed`.
+        """
+        if not (isinstance(sid, int) and isinstance(offset, int)):
+            return None
+        stream = self.incoming.get(sid)
+        if isinstance(stream, ReceivedPayload):
+            return stream._target(offset, size)
+        if stream is not None:
+            return stream.target(offset, size)
+        return None
+
+    def data_received(self, sid: object, offset: object, data: object) -> None:
+        if not (
+            isinstance(sid, int) and isinstance(offset, int) and isinstance(data, (bytes, Landed))
+        ):
+            _log.warn("ignoring a malformed ipk_data message")
+            return
+        stream = self.incoming.get(sid)
+        if stream is None:
+            # A stream aborted here while its chunks were on the way, or a peer's bug:
+            # say so once, then drop its chunks silently.
+            if sid not in self._refused:
+                self._refused.append(sid)
+                self.send_abort(sid, "no such stream")
+            return
+        stream._data(offset, data) if isinstance(stream, ReceivedPayload) else stream.data(
+            offset, data
+        )
+
+    def ack_received(self, sid: object, upto: object) -> None:
+        if not (isinstance(sid, int) and isinstance(upto, int)):
+            return
+        out = self.outgoing.get(sid)
+        if out is not None:
+            out.ack(upto)
+
+    def abort_received(self, sid: object, reason: object) -> None:
+        if not isinstance(sid, int):
+            return
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        text = f"the other side aborted the transfer: {text}"
+        out = self.outgoing.get(sid)
+        if out is not None:
+            out.abort(text, tell_peer=False)
+        stream = self.incoming.pop(sid, None)
+        if isinstance(stream, ReceivedPayload):
+            stream._abort(text)
+        elif stream is not None:
+            stream.abort(text)
+
+    def shared_received(self, payload: SharedPayload) -> None:
+        """A client or an engine got a shared payload: open it now, so its sender can let go."""
+        payload.map()
+        if payload.owner is not None and self.on_shared_opened is not None:
+            self.on_shared_opened(payload.owner, payload.handle.token)
+
+    def connection_lost(self, reason: str = "the connection was lost") -> None:
+        """Abort every stream of this connection (the peer cannot be told)."""
+        self.lost = True
+        outgoing, self.outgoing = self.outgoing, {}
+        incoming, self.incoming = self.incoming, {}
+        self._pending = []
+        self._aborts_after_start = []
+        for out in outgoing.values():
+            out.abort(reason, tell_peer=False)
+        for stream in incoming.values():
+            if isinstance(stream, ReceivedPayload):
+                stream._fail(TransferError(reason), False)
+            else:
+                stream.abort(reason)
+
+    def stats(self) -> dict[str, int]:
+        """Streams open in each direction, and the bytes relays hold."""
+        held = sum(s.queued for s in self.incoming.values() if isinstance(s, _Relay))
+        return {"incoming": len(self.incoming), "outgoing": len(self.outgoing), "held": held}
+
+
+def stream_stats() -> dict[str, int]:
+    """Totals of :meth:`StreamTable.stats` over every live connection of this process."""
+    totals = {"connections": 0, "incoming": 0, "outgoing": 0, "held": 0}
+    for table in list(_tables):
+        if table.lost:
+            continue
+        totals["connections"] += 1
+        for key, value in table.stats().items():
+            totals[key] += value
+    return totals
+
+
+def _table_of(jellier: Any) -> StreamTable | None:
+    broker = getattr(jellier, "invoker", None)
+    table = getattr(broker, "streams", None)
+    return table if isinstance(table, StreamTable) else None
+
+
+# Unjelly: what the stream and shared references become on arrival.
+
+
+class _StreamReference:
+    """Unjellies ``[b"ipkernel.stream", sid, size, header]`` (registered below)."""
+
+    def unjellyFor(self, unjellier: Any, obj: list) -> Any:  # noqa: N802 - jelly's name
+        table = _authenticated_table(unjellier)
+        if len(obj) != 4:
+            raise InsecureJelly("malformed stream reference")
+        return table.open_incoming(obj[1], obj[2], obj[3])
+
+
+class _SharedReference:
+    """Unjellies ``[b"ipkernel.shared", header, handle, offsets, owner]``."""
+
+    def unjellyFor(self, unjellier: Any, obj: list) -> Any:  # noqa: N802 - jelly's name
+        table = _authenticated_table(unjellier)
+        if len(obj) != 5:
+            raise InsecureJelly("malformed shared-memory reference")
+        _, header, handle, offsets, owner = obj
+        offsets = unjellier.unjelly(offsets) if isinstance(offsets, list) else offsets
+        try:
+            parsed = shm.Handle.from_wire(unjellier.unjelly(handle))
+        except ValueError as exc:
+            raise InsecureJelly(str(exc)) from None
+        if (
+            not isinstance(header, bytes)
+            or not isinstance(offsets, list)
+            or not all(isinstance(o, int) and o >= 0 for o in offsets)
+            or not isinstance(owner, int)
+        ):
+            raise InsecureJelly("malformed shared-memory reference")
+        payload = SharedPayload(header, parsed, offsets, None if owner < 0 else owner)
+        if not table.relay:
+            table.shared_received(payload)
+        return payload
+
+
+def _authenticated_table(unjellier: Any) -> StreamTable:
+    broker = getattr(unjellier, "invoker", None)
+    table = getattr(broker, "streams", None)
+    if not isinstance(table, StreamTable) or not getattr(broker, "authenticated", False):
+        raise InsecureJelly("payload references are accepted only after login")
+    return table
+
+
+setUnjellyableForClass(STREAM_TYPE, _StreamReference)
+setUnjellyableForClass(SHARED_TYPE, _SharedReference)

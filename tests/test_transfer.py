@@ -1,0 +1,312 @@
+"""Streams of large payloads through real brokers in memory: client ⇄ relay ⇄ engine.
+
+Three brokers as in a cluster: a client-side broker for the client, two server-side
+(relaying) brokers for the controller, and a client-side broker for the engine, joined by
+``twisted.test.iosim`` pumps. The "controller" object forwards what it gets without
+looking inside, as the real controller does.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+from twisted.internet.defer import Deferred
+from twisted.spread import pb
+from twisted.spread.jelly import InsecureJelly
+from twisted.test.iosim import connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase
+
+from ipkernel.errors import SerializationError, TransferError
+from ipkernel.serialization import deserialize, dump
+from ipkernel.wire import transfer
+from ipkernel.wire.broker import Broker, ClientFactory, ServerFactory
+from ipkernel.wire.transfer import OutgoingPayload, ReceivedPayload, RelayedPayload
+
+
+class Refused(pb.Error):
+    """What the test objects answer when a transfer failed (pb.Error: not logged)."""
+
+
+def refused(failure):
+    raise Refused(failure.getErrorMessage())
+
+
+class Engine(pb.Referenceable):
+    """The receiving end: takes payloads whole, gives large results."""
+
+    def __init__(self) -> None:
+        self.taken: list[object] = []
+        self.given: list[OutgoingPayload] = []
+
+    def remote_take(self, payload: object) -> Deferred:
+        d = payload.when_received()
+        d.addCallback(lambda p: self.taken.append(deserialize(p)) or len(self.taken))
+        return d.addErrback(refused)
+
+    def remote_give(self, nbytes: int, seed: int = 0, ints: int = 0) -> OutgoingPayload:
+        value = {"arr": array(nbytes, seed), "ints": list(range(ints))}
+        payload = OutgoingPayload(dump(value))
+        self.given.append(payload)
+        return payload
+
+
+class Controller(pb.Referenceable):
+    """The middle: forwards payloads between the client and the engine untouched."""
+
+    def __init__(self, engine: pb.RemoteReference) -> None:
+        self.engine = engine
+        self.seen: list[object] = []
+        self.hold = False
+        self.held: list[object] = []
+
+    def remote_push(self, payload: object) -> Deferred | None:
+        self.seen.append(type(payload))
+        if self.hold:
+            self.held.append(payload)
+            return None
+        return self.engine.callRemote("take", payload).addErrback(refused)
+
+    def remote_pull(self, *args: object) -> Deferred:
+        return self.engine.callRemote("give", *args).addErrback(refused)
+
+
+def brokers() -> tuple[Broker, Broker]:
+    """A server-side (relaying) and a client-side (receiving) broker, not connected."""
+    server = ServerFactory(pb.Root()).buildProtocol(None)
+    client = ClientFactory().buildProtocol(None)
+    return server, client
+
+
+def connect(server: Broker, client: Broker, login: bool = True):
+    """Join two brokers in memory; with ``login`` both count as logged in."""
+    _, _, pump = connectedServerAndClient(lambda: server, lambda: client)
+    pump.flush()
+    if login:
+        server.raise_limits()
+        client.raise_limits()
+    return pump
+
+
+class Chain:
+    """client broker ⇄ controller (two relaying brokers) ⇄ engine broker."""
+
+    def __init__(self) -> None:
+        self.front, self.client = brokers()
+        self.back, self.engine_broker = brokers()
+        self.pumps = [connect(self.front, self.client), connect(self.back, self.engine_broker)]
+        self.engine = Engine()
+        self.engine_broker.setNameForLocal("engine", self.engine)
+        self.controller = Controller(self.back.remoteForName("engine"))
+        self.front.setNameForLocal("controller", self.controller)
+        self.remote = self.client.remoteForName("controller")
+        self.peak_held = 0
+
+    def flush(self, steps: int = 100000) -> None:
+        """Pump until quiet, recording the most the controller held at any step."""
+        for _ in range(steps):
+            moved = False
+            for pump in self.pumps:
+                moved = pump.pump() or moved
+            held = self.front.streams.stats()["held"] + self.back.streams.stats()["held"]
+            self.peak_held = max(self.peak_held, held)
+            if not moved:
+                return
+        raise AssertionError("the chain never went quiet")
+
+    def streams_open(self) -> int:
+        brokers = (self.client, self.front, self.back, self.engine_broker)
+        return sum(b.streams.stats()["incoming"] + b.streams.stats()["outgoing"] for b in brokers)
+
+
+def array(nbytes: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(nbytes // 8)
+
+
+class StreamTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        # Small chunks and windows, so that a few hundred kilobytes exercise everything.
+        self.patch(transfer, "CHUNK", 16 * 1024)
+        self.patch(transfer, "ACK_EVERY", 16 * 1024)
+        self.patch(transfer, "WINDOW", 64 * 1024)
+
+    def chain(self) -> Chain:
+        chain = Chain()
+        for broker in (chain.client, chain.front, chain.back, chain.engine_broker):
+            broker.streams.window = transfer.WINDOW
+        return chain
+
+    def test_push_through_the_relay(self) -> None:
+        """A large object streams client → controller → engine and arrives equal.
+
+        The controller sees only a RelayedPayload and holds at most a window or two of
+        the stream at any time; every stream is closed at the end.
+        """
+        chain = self.chain()
+        data = array(1_000_000)
+        payload = OutgoingPayload(dump({"a": data}))
+        d = chain.remote.callRemote("push", payload)
+        chain.flush()
+        self.assertEqual(self.successResultOf(d), 1)
+        self.assertEqual(chain.controller.seen, [RelayedPayload])
+        self.assertTrue(np.array_equal(chain.engine.taken[0]["a"], data))
+        self.assertLessEqual(chain.peak_held, 2 * transfer.WINDOW + transfer.CHUNK)
+        self.assertEqual(chain.streams_open(), 0)
+        sent = payload.when_sent()
+        self.successResultOf(sent)
+
+    def test_pull_through_the_relay(self) -> None:
+        """A large result streams engine → controller → client, in-band pickles included."""
+        chain = self.chain()
+        d = chain.remote.callRemote("pull", 300_000, 1, 50_000)
+        chain.flush()
+        got = self.successResultOf(d)
+        self.assertIsInstance(got, ReceivedPayload)
+        self.assertTrue(got.received)
+        back = deserialize(got)
+        self.assertEqual(back["ints"], list(range(50_000)))
+        self.assertTrue(np.array_equal(back["arr"], array(300_000, 1)))
+        self.assertTrue(back["arr"].flags.writeable)
+        self.assertEqual(chain.streams_open(), 0)
+
+    def test_small_result_goes_inline(self) -> None:
+        """Without a connection an outgoing payload is plain frames (jelly outside PB)."""
+        from twisted.spread.jelly import jelly, unjelly
+
+        payload = OutgoingPayload(dump([1, 2, 3]))
+        frames = unjelly(jelly(payload))
+        self.assertEqual(deserialize(frames), [1, 2, 3])
+        self.successResultOf(payload.when_sent())
+
+    def test_receiver_disconnects_midway(self) -> None:
+        """The engine's connection drops mid-push: the client's stream is aborted and the
+        controller frees what it held."""
+        chain = self.chain()
+        payload = OutgoingPayload(dump(array(2_000_000)))
+        d = chain.remote.callRemote("push", payload)
+        for _ in range(20):
+            for pump in chain.pumps:
+                pump.pump()
+        self.assertNoResult(d)
+        chain.engine_broker.transport.loseConnection()
+        chain.flush()
+        self.failureResultOf(d)
+        self.successResultOf(payload.when_sent())
+        self.assertEqual(chain.front.streams.stats(), {"incoming": 0, "outgoing": 0, "held": 0})
+        self.assertEqual(chain.client.streams.stats()["outgoing"], 0)
+
+    def test_sender_disconnects_midway(self) -> None:
+        """The client's connection drops mid-push: the engine's partial payload fails and
+        is dropped, and nothing stays open on the controller."""
+        chain = self.chain()
+        payload = OutgoingPayload(dump(array(2_000_000)))
+        chain.remote.callRemote("push", payload).addErrback(lambda f: None)
+        for _ in range(20):
+            for pump in chain.pumps:
+                pump.pump()
+        [incoming] = chain.engine_broker.streams.incoming.values()
+        waiting = incoming.when_received()
+        chain.client.transport.loseConnection()
+        chain.flush()
+        self.failureResultOf(waiting, TransferError)
+        self.assertRaises(TransferError, incoming.open)
+        self.assertEqual(incoming._parts, [])
+        self.assertEqual(chain.engine.taken, [])
+        self.assertEqual(chain.streams_open(), 0)
+
+    def test_client_disconnects_during_pull(self) -> None:
+        """The client goes away while a result streams to it: the engine's stream ends."""
+        chain = self.chain()
+        d = chain.remote.callRemote("pull", 2_000_000)
+        d.addErrback(lambda f: None)
+        for _ in range(30):
+            for pump in chain.pumps:
+                pump.pump()
+        [given] = chain.engine.given
+        sent = given.when_sent()
+        chain.client.transport.loseConnection()
+        chain.flush()
+        self.successResultOf(sent)  # released: the engine may run its next command
+        self.assertEqual(chain.streams_open(), 0)
+
+    def test_dropped_payload_is_aborted(self) -> None:
+        """A relayed payload the controller lets go of, unforwarded, stops its sender."""
+        chain = self.chain()
+        chain.controller.hold = True
+        payload = OutgoingPayload(dump(array(1_000_000)))
+        chain.remote.callRemote("push", payload)
+        chain.flush()
+        self.assertLessEqual(chain.front.streams.stats()["held"], transfer.WINDOW)
+        self.assertNoResult(payload.when_sent())
+        chain.controller.held.clear()
+        gc.collect()
+        chain.flush()
+        self.successResultOf(payload.when_sent())
+        self.assertEqual(chain.streams_open(), 0)
+
+    def test_forwarded_only_once(self) -> None:
+        """A relayed payload cannot be forwarded to two places."""
+        chain = self.chain()
+        chain.controller.hold = True
+        chain.remote.callRemote("push", OutgoingPayload(dump(array(200_000))))
+        chain.flush()
+        [relayed] = chain.controller.held
+        first = chain.controller.engine.callRemote("take", relayed)
+        second = chain.controller.engine.callRemote("take", relayed)
+        self.failureResultOf(second, TransferError)
+        chain.flush()
+        self.assertEqual(self.successResultOf(first), 1)
+
+    def test_out_of_order_chunk_aborts(self) -> None:
+        """A chunk at the wrong offset aborts the stream on the receiving side."""
+        chain = self.chain()
+        chain.controller.hold = True
+        chain.remote.callRemote("push", OutgoingPayload(dump(array(200_000))))
+        chain.flush()
+        [relayed] = chain.controller.held
+        d = chain.controller.engine.callRemote("take", relayed)
+        chain.flush()
+        self.assertEqual(self.successResultOf(d), 1)
+        # A stream the engine does not know: answered with an abort, then ignored.
+        chain.back.streams.send_data(999, 0, b"x")
+        chain.flush()
+
+    def test_bad_header_fails_the_payload(self) -> None:
+        """A stream whose header is not ours is refused by the receiver, nothing runs."""
+        broker = Broker(isClient=True)
+        payload = ReceivedPayload(broker.streams, 7, 10, b"not a header")
+        self.assertRaises(TransferError, payload.open)
+        self.failureResultOf(payload.when_received(), TransferError)
+
+    def test_streams_need_login(self) -> None:
+        """Before login a stream reference is refused, and so are stream messages."""
+        server, client = brokers()
+        pump = connect(server, client, login=False)
+        client.raise_limits()  # the client thinks it logged in; the server does not
+        server.setNameForLocal("root", Controller(None))  # type: ignore[arg-type]
+        d = client.remoteForName("root").callRemote("push", OutgoingPayload(dump(array(200_000))))
+        pump.flush()
+        self.failureResultOf(d)
+        self.assertEqual(len(self.flushLoggedErrors(InsecureJelly)), 1)
+
+
+class SerializedTests(SynchronousTestCase):
+    def test_dump_keeps_views(self) -> None:
+        """dump() does not copy out-of-band buffers; frames() and load() agree."""
+        data = np.arange(100_000, dtype=np.float64)
+        ser = dump({"d": data})
+        self.assertEqual(ser.nbytes, sum(ser.lengths))
+        self.assertEqual(len(ser.parts), 2)
+        self.assertEqual(ser.parts[1].nbytes, data.nbytes)
+        data[0] = 42.0  # the view sees it: nothing was copied
+        self.assertEqual(np.frombuffer(ser.parts[1], dtype=np.float64)[0], 42.0)
+        self.assertEqual(deserialize(ser.frames())["d"][0], 42.0)
+
+    def test_load_checks_parts(self) -> None:
+        """load() refuses parts that do not match the header."""
+        from ipkernel.serialization import load
+
+        ser = dump(np.zeros(10))
+        self.assertTrue(np.array_equal(load(ser.header, ser.parts), np.zeros(10)))
+        self.assertRaises(SerializationError, load, ser.header, ser.parts[:1])
+        self.assertRaises(SerializationError, load, ser.header, [ser.parts[0], b"short"])
