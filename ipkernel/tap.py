@@ -38,7 +38,6 @@ def _port(value: str) -> int:
 class Options(usage.Options):
     """Options of the controller (``ipcontroller --help``)."""
 
-    synopsis = "[options]"
     longdesc = (
         "Run the ipkernel controller: engines register with it and MultiEngine and Task "
         "clients connect to it, all over TLS. Key files for engines and clients are "
@@ -149,16 +148,32 @@ def log_to_file(log_dir: str | None, name: str) -> str:
     return str(path)
 
 
+class LogFile(Service):
+    """Opens ``<log-dir>/<name>-<pid>.log`` when the service starts.
+
+    At start, not in ``makeService``: ``twistd`` daemonizes (forks) in between, and the
+    file must carry the PID of the process that writes it.
+    """
+
+    def __init__(self, log_dir: str | None, name: str) -> None:
+        self.log_dir = log_dir
+        self.name = name
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        log_to_file(self.log_dir, self.name)
+
+
 def makeService(config: usage.Options, reactor: Any = None) -> MultiService:  # noqa: N802
     """The controller service with its listeners, for twistd and ``ipcontroller``."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    log_to_file(config["log-dir"], "ipcontroller")
     # The controller relays large payloads chunk by chunk.
     tune_allocator()
     top = MultiService()
+    LogFile(config["log-dir"], "ipcontroller").setServiceParent(top)
     controller = ControllerService(
         on_stop_requested=lambda: reactor.callLater(0.1, reactor.stop), clock=reactor
     )

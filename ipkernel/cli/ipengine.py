@@ -16,7 +16,6 @@ from ipkernel import paths, tap
 class Options(usage.Options):
     """Options of ``ipengine``."""
 
-    synopsis = "[options]"
     longdesc = (
         "Start one engine: it connects to the controller named by the engine key file, "
         "registers, and runs what clients send it. It waits for the controller if it is "
