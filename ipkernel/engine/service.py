@@ -199,6 +199,3 @@ class EngineService(Service):
         """Tell the controller (from the reactor thread) that the properties changed."""
         if self.registrar is not None:
             self.registrar.callRemote("properties_changed", version).addErrback(lambda f: None)
-
-    def _ignore(self, failure: Failure) -> None:
-        return None
