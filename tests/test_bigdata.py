@@ -36,7 +36,11 @@ def rss(pid: int) -> int:
 
 
 def dev_shm() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    """The entries of /dev/shm, less multiprocessing's semaphores (``sem.mp-*``): other
+    programs on the machine make and remove those at any time, ipkernel never does."""
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.mp-")}
 
 
 def held_segments(pid: int) -> list[str]:

@@ -30,7 +30,11 @@ def mapped_segments() -> set[str]:
 
 
 def dev_shm() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    """The entries of /dev/shm, less multiprocessing's semaphores (``sem.mp-*``): other
+    programs on the machine make and remove those at any time, ipkernel never does."""
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.mp-")}
 
 
 class SegmentTests(SynchronousTestCase):
@@ -129,6 +133,7 @@ class KeeperWatchTests(TestCase):
             [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
         )
         self.addCleanup(child.wait)
+        self.addCleanup(lambda: child.poll() is None and child.kill())
         keeper = shm.SegmentKeeper(reactor)
         self.addCleanup(keeper.close_all)
         segment = shm.Segment.write([b"payload"])

@@ -129,6 +129,8 @@ class StreamTests(SynchronousTestCase):
         self.patch(transfer, "CHUNK", 16 * 1024)
         self.patch(transfer, "ACK_EVERY", 16 * 1024)
         self.patch(transfer, "WINDOW", 64 * 1024)
+        self.patch(transfer, "FIRST_CREDIT", 16 * 1024)
+        self.patch(transfer, "RELAY_BUDGET", 128 * 1024)
 
     def chain(self) -> Chain:
         chain = Chain()
@@ -150,7 +152,7 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 1)
         self.assertEqual(chain.controller.seen, [RelayedPayload])
         self.assertTrue(np.array_equal(chain.engine.taken[0]["a"], data))
-        self.assertLessEqual(chain.peak_held, 2 * transfer.WINDOW + transfer.CHUNK)
+        self.assertLessEqual(chain.peak_held, transfer.WINDOW + transfer.CHUNK)
         self.assertEqual(chain.streams_open(), 0)
         sent = payload.when_sent()
         self.successResultOf(sent)
@@ -242,6 +244,27 @@ class StreamTests(SynchronousTestCase):
         gc.collect()
         chain.flush()
         self.successResultOf(payload.when_sent())
+        self.assertEqual(chain.streams_open(), 0)
+
+    def test_relay_budget_bounds_many_streams(self) -> None:
+        """However many streams wait at the controller (their commands queued), what it
+        holds stays within a small multiple of the relay budget, not a window each; and
+        once released they all complete."""
+        self.patch(transfer, "WINDOW", 1024 * 1024)
+        chain = self.chain()
+        chain.controller.hold = True
+        payloads = [OutgoingPayload(dump(array(400_000, seed=i))) for i in range(12)]
+        for payload in payloads:
+            chain.remote.callRemote("push", payload)
+        chain.flush()
+        held = chain.front.streams.stats()["held"]
+        self.assertGreater(held, 0)
+        self.assertLessEqual(held, 3 * transfer.RELAY_BUDGET)
+        self.assertLess(held, 12 * transfer.WINDOW // 4)
+        engine = chain.controller.engine
+        done = [engine.callRemote("take", p) for p in chain.controller.held]
+        chain.flush()
+        self.assertEqual(sorted(self.successResultOf(d) for d in done), list(range(1, 13)))
         self.assertEqual(chain.streams_open(), 0)
 
     def test_forwarded_only_once(self) -> None:

@@ -212,10 +212,10 @@ class Broker(pb.Broker):
         if self._stream_allowed():
             self.streams.data_received(sid, offset, data)
 
-    def proto_ipk_ack(self, sid: object, upto: object) -> None:
-        """The peer has taken ``upto`` bytes of a stream this side sends."""
+    def proto_ipk_ack(self, sid: object, upto: object, limit: object = None) -> None:
+        """The peer has taken ``upto`` bytes of a stream this side sends; send to ``limit``."""
         if self._stream_allowed():
-            self.streams.ack_received(sid, upto)
+            self.streams.ack_received(sid, upto, limit)
 
     def proto_ipk_abort(self, sid: object, reason: object) -> None:
         """The peer ended a stream (in either direction) early."""

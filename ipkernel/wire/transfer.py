@@ -11,9 +11,10 @@ stream
     an :class:`OutgoingPayload` placed in a message (call arguments or an answer) is
     jellied as a small *stream reference* ``[b"ipkernel.stream", sid, size, header]``;
     once that message is written, the sending broker sends the parts as separate
-    ``ipk_data`` messages of at most :data:`CHUNK` bytes, never more than :data:`WINDOW`
-    bytes ahead of the receiver's ``ipk_ack``. Either side may end a stream with
-    ``ipk_abort``; a lost connection aborts every stream on it.
+    ``ipk_data`` messages of at most :data:`CHUNK` bytes, as far as the receiver's
+    credit allows: :data:`FIRST_CREDIT` bytes at first, then up to the ``limit`` of the
+    receiver's latest ``[b"ipk_ack", sid, consumed, limit]``. Either side may end a
+    stream with ``ipk_abort``; a lost connection aborts every stream on it.
 shared memory
     a :class:`SharedPayload`: the sender wrote the parts into a segment
     (:mod:`ipkernel.shm`) and the message carries its handle.
@@ -22,8 +23,10 @@ Where a stream reference arrives decides what it becomes. The controller's broke
 server side of every connection) *relay*: the reference becomes a :class:`RelayedPayload`
 that the controller passes along like any other argument, without looking inside; when
 it is put into a message on another connection, the chunks are forwarded there as they
-arrive, and acknowledged upstream once written downstream. The controller holds at most
-a window of each stream, and a slow receiver slows the sender. Clients and engines (the
+arrive, and acknowledged upstream once written downstream. The controller grants its
+senders credit out of one budget (:data:`RELAY_BUDGET`, shared by every stream it
+relays), so what it holds stays bounded however many streams run, and a slow receiver
+slows the sender. Clients and engines (the
 client side of every connection) *receive*: the reference becomes a
 :class:`ReceivedPayload` that preallocates the parts from the header and writes each
 chunk into place; :func:`ipkernel.serialization.deserialize` rebuilds the object once
@@ -59,7 +62,9 @@ from ipkernel.serialization import Serialized, read_header
 
 __all__ = [
     "CHUNK",
+    "FIRST_CREDIT",
     "INLINE_LIMIT",
+    "RELAY_BUDGET",
     "TRANSPORT_ENV",
     "WINDOW",
     "OutgoingPayload",
@@ -80,8 +85,16 @@ INLINE_LIMIT = 64 * 1024
 #: The most payload bytes in one ``ipk_data`` message.
 CHUNK = 512 * 1024
 
-#: The most bytes a sender may have sent and not had acknowledged, per stream.
+#: How far ahead of what it has consumed a client or an engine lets a sender go.
 WINDOW = 8 * 1024 * 1024
+
+#: What a sender may send of a stream before the receiver's first acknowledgement.
+FIRST_CREDIT = 512 * 1024
+
+#: The most stream data the controller lets its senders have in flight towards it, all
+#: relayed streams together; each stream's share is at least one chunk and at most
+#: :data:`WINDOW`.
+RELAY_BUDGET = 32 * 1024 * 1024
 
 #: Receivers acknowledge at least this often (in bytes received or forwarded).
 ACK_EVERY = 1024 * 1024
@@ -94,7 +107,8 @@ STREAM_TYPE = b"ipkernel.stream"
 SHARED_TYPE = b"ipkernel.shared"
 
 # Parts this large are received into private anonymous mappings: the kernel hands out
-# zeroed pages as they are first written, where a bytearray would be zeroed first.
+# zeroed pages as they are first written, where a bytearray would be zeroed first, and
+# may use huge pages (2 MiB: a few hundred times fewer faults).
 _MAP_ANONYMOUS_FROM = 1024 * 1024
 # Pages of such a mapping are made present this far ahead of the data, in one call each
 # time (much cheaper than one page fault per page).
@@ -103,6 +117,8 @@ _MADV_POPULATE_WRITE = 23  # Linux 5.14
 
 _log = Logger()
 _tables: weakref.WeakSet[StreamTable] = weakref.WeakSet()
+# The relayed streams still receiving (they share RELAY_BUDGET).
+_relays: weakref.WeakSet[_Relay] = weakref.WeakSet()
 
 
 def transport_mode(value: str | None = None) -> str:
@@ -126,10 +142,10 @@ def tune_allocator() -> None:
 
     glibc serves allocations over its ``mmap`` threshold (128 KiB at first) with fresh
     pages from the kernel and unmaps them when freed; every chunk a relay receives would
-    then pay a page fault per 4 KiB (costly here: several microseconds each in a virtual
-    machine). Raising the threshold to 4 MiB and the trim threshold to 32 MiB keeps
-    chunk-sized buffers in the heap, at the price of up to 32 MiB of freed memory kept.
-    Does nothing where ``mallopt`` does not exist.
+    then pay a page fault per 4 KiB (several microseconds each in a virtual machine).
+    Raising the threshold to 4 MiB and the trim threshold to 16 MiB keeps chunk-sized
+    buffers in the heap, at the price of up to 16 MiB of freed memory kept. Does nothing
+    where ``mallopt`` does not exist.
     """
     try:
         import ctypes
@@ -140,12 +156,19 @@ def tune_allocator() -> None:
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 4 * 1024 * 1024)
-    mallopt(m_trim_threshold, 32 * 1024 * 1024)
+    mallopt(m_trim_threshold, 16 * 1024 * 1024)
 
 
 def _allocate(n: int) -> Any:
     if n >= _MAP_ANONYMOUS_FROM:
-        return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        part = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        hugepage = getattr(mmap, "MADV_HUGEPAGE", None)
+        if hugepage is not None:
+            try:
+                part.madvise(hugepage)
+            except OSError:
+                pass  # no transparent huge pages here: 4 KiB pages then
+        return part
     return bytearray(n)
 
 
@@ -296,8 +319,13 @@ class ReceivedPayload:
     # Driven by the StreamTable.
 
     def _start(self) -> None:
-        if self._error is None and self.nbytes == 0:
+        if self._error is not None:
+            return
+        if self.nbytes == 0:
             self._complete()
+        else:
+            # Credit beyond the first: the sender may run a window ahead.
+            self._table.send_ack(self._sid, 0, min(self.nbytes, self._table.window))
 
     def _target(self, offset: int, size: int) -> memoryview | None:
         """Where a chunk of ``size`` bytes at ``offset`` goes, if it fits in one part."""
@@ -348,13 +376,15 @@ class ReceivedPayload:
         if self._received == self.nbytes:
             self._complete()
         elif self._received - self._acked >= ACK_EVERY:
-            self._acked = self._received
-            self._table.send_ack(self._sid, self._received)
+            self._acked = received = self._received
+            self._table.send_ack(
+                self._sid, received, min(self.nbytes, received + self._table.window)
+            )
 
     def _complete(self) -> None:
         sid, self._sid = self._sid, None
         self._table.forget_incoming(sid)
-        self._table.send_ack(sid, self.nbytes)
+        self._table.send_ack(sid, self.nbytes, self.nbytes)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(self)
@@ -597,8 +627,13 @@ class _LocalSource:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def pump(self, out: _Outgoing) -> None:
-        while out.sent < out.total and out.room() > 0:
-            out.send(self.next_chunk(min(CHUNK, out.total - out.sent)))
+        # Whole chunks only, within the receiver's credit (which always grows by at least
+        # a chunk once what was sent is taken, so this never stalls for good).
+        while out.sent < out.total:
+            size = min(CHUNK, out.total - out.sent)
+            if out.room() < size:
+                return
+            out.send(self.next_chunk(size))
 
     def sink_aborted(self, reason: str) -> None:
         self._parts = iter(())
@@ -615,6 +650,8 @@ class _Outgoing:
         self.source = source
         self.sent = 0
         self.acked = 0
+        #: How far the receiver lets this side send (its credit).
+        self.limit = min(total, FIRST_CREDIT)
         self.started = False
         self.finished = False
         #: Fires with None when every byte is acknowledged; fails with TransferError.
@@ -623,7 +660,7 @@ class _Outgoing:
     def room(self) -> int:
         if not self.started or self.finished:
             return 0
-        return self.table.window - (self.sent - self.acked)
+        return self.limit - self.sent
 
     def start(self) -> None:
         self.started = True
@@ -635,10 +672,11 @@ class _Outgoing:
         self.table.send_data(self.sid, self.sent, data)
         self.sent += memoryview(data).nbytes
 
-    def ack(self, upto: int) -> None:
+    def ack(self, upto: int, limit: int) -> None:
         if self.finished or not self.acked <= upto <= self.sent:
             return
         self.acked = upto
+        self.limit = max(self.limit, min(limit, self.total))
         if upto == self.total:
             self.finished = True
             self.table.forget_outgoing(self.sid)
@@ -671,8 +709,21 @@ class _Relay:
         self.received = 0
         self.forwarded = 0
         self.acked_upstream = 0
+        self.granted = min(total, FIRST_CREDIT)
         self.sink: _Outgoing | None = None
         self.aborted: str | None = None
+        _relays.add(self)
+
+    def grant(self) -> None:
+        """Acknowledge what has been forwarded and give the sender this stream's share of
+        the relay budget beyond it."""
+        sid = self.sid
+        if sid is None:
+            return
+        share = max(CHUNK, min(WINDOW, RELAY_BUDGET // max(1, len(_relays))))
+        self.granted = max(self.granted, min(self.total, self.forwarded + share))
+        self.acked_upstream = self.forwarded
+        self.table.send_ack(sid, self.forwarded, self.granted)
 
     def attach(self, out: _Outgoing) -> None:
         self.sink = out
@@ -684,7 +735,7 @@ class _Relay:
 
     def target(self, offset: int, size: int) -> memoryview | None:
         """A fresh buffer for a chunk of ``size`` bytes, forwarded once it is full."""
-        if self.aborted is not None or offset != self.received:
+        if self.aborted is not None or offset != self.received or offset + size > self.granted:
             return None
         return memoryview(bytearray(size))
 
@@ -695,6 +746,10 @@ class _Relay:
         if offset != self.received or self.received + size > self.total:
             self._upstream_abort("a stream's chunks arrived out of order")
             return
+        if self.received + size > self.granted:
+            # The sender ignored its credit: the budget is what bounds the relay's memory.
+            self._upstream_abort("a stream's sender went beyond its credit")
+            return
         self.received += size
         self.queue.append(data)  # type: ignore[arg-type]
         self.queued += size
@@ -703,7 +758,7 @@ class _Relay:
 
     def pump(self, out: _Outgoing) -> None:
         queue = self.queue
-        while queue and out.room() > 0:
+        while queue and out.room() >= memoryview(queue[0]).nbytes:
             data = queue.popleft()
             size = memoryview(data).nbytes
             self.queued -= size
@@ -714,13 +769,13 @@ class _Relay:
             return
         if self.forwarded == self.total:
             self.sid = None
+            _relays.discard(self)
             self.table.forget_incoming(sid)
-            self.table.send_ack(sid, self.total)
+            self.table.send_ack(sid, self.total, self.total)
         elif self.forwarded - self.acked_upstream >= ACK_EVERY or (
             not queue and self.forwarded > self.acked_upstream
         ):
-            self.acked_upstream = self.forwarded
-            self.table.send_ack(sid, self.forwarded)
+            self.grant()
 
     def sink_aborted(self, reason: str) -> None:
         """The downstream side is gone: stop the sender, drop what is held."""
@@ -748,6 +803,7 @@ class _Relay:
             self.table.send_abort(sid, reason)
 
     def _drop(self, reason: str) -> None:
+        _relays.discard(self)
         if self.aborted is None:
             self.aborted = reason
         self.queue.clear()
@@ -759,10 +815,12 @@ class StreamTable:
 
     ``relay`` (the controller's side) turns arriving stream references into
     :class:`RelayedPayload` objects, otherwise into :class:`ReceivedPayload` objects.
-    ``send`` writes one banana expression; ``send_data`` writes one ``ipk_data``
-    message (the broker's fast path). ``on_shared_opened(owner, token)``, if set, is told
-    of every engine-made :class:`SharedPayload` this side has opened, so that the engine
-    can be asked to release it.
+    ``odd`` says which stream ids this side gives its own streams. ``window`` is the
+    credit a receiving side grants beyond what it has taken (relays grant from
+    :data:`RELAY_BUDGET` instead). ``send`` writes one banana expression; ``send_data``
+    writes one ``ipk_data`` message (the broker's fast path). ``on_shared_opened(owner,
+    token)``, if set, is told of every engine-made :class:`SharedPayload` this side has
+    opened, so that the engine can be asked to release it.
     """
 
     def __init__(
@@ -829,9 +887,10 @@ class StreamTable:
     def send_data(self, sid: int, offset: int, data: Any) -> None:
         self._send_data(sid, offset, data)
 
-    def send_ack(self, sid: int, upto: int) -> None:
+    def send_ack(self, sid: int, upto: int, limit: int) -> None:
+        """Tell the sender of ``sid``: ``upto`` bytes taken, send up to ``limit``."""
         if not self.lost:
-            self._send([b"ipk_ack", sid, upto])
+            self._send([b"ipk_ack", sid, upto, limit])
 
     def send_abort(self, sid: int, reason: str) -> None:
         if not self.lost:
@@ -863,7 +922,10 @@ class StreamTable:
             self.incoming[sid] = relay
             if total == 0:
                 relay.sid = None
+                _relays.discard(relay)
                 self.incoming.pop(sid, None)
+            else:
+                relay.grant()
             return RelayedPayload(relay)
         payload = ReceivedPayload(self, sid, total, header)
         if payload._error is None:
@@ -904,12 +966,12 @@ class StreamTable:
             offset, data
         )
 
-    def ack_received(self, sid: object, upto: object) -> None:
-        if not (isinstance(sid, int) and isinstance(upto, int)):
+    def ack_received(self, sid: object, upto: object, limit: object) -> None:
+        if not (isinstance(sid, int) and isinstance(upto, int) and isinstance(limit, int)):
             return
         out = self.outgoing.get(sid)
         if out is not None:
-            out.ack(upto)
+            out.ack(upto, limit)
 
     def abort_received(self, sid: object, reason: object) -> None:
         if not isinstance(sid, int):
