@@ -623,21 +623,25 @@ class MultiEngineClient:
 
     def parallel(self, targets: Targets | None = None, block: bool | None = None):
         """Decorator: ``@mec.parallel()`` turns ``f`` into ``seq -> map(f, seq)``."""
-        mapper = self.mapper(targets=targets, block=block)
-
-        def decorate(func: Callable) -> Callable:
-            def parallel_func(seq: Sequence) -> Any:
-                return mapper.map(func, seq)
-
-            parallel_func.__name__ = getattr(func, "__name__", "parallel_func")
-            parallel_func.__doc__ = func.__doc__
-            return parallel_func
-
-        return decorate
+        return parallel_decorator(self.mapper(targets=targets, block=block))
 
     def close(self) -> None:
         """Disconnect from the controller."""
         self._bridge.reactor.callFromThread(self._async.disconnect)
+
+
+def parallel_decorator(mapper: Any) -> Callable[[Callable], Callable]:
+    """A decorator turning ``f`` into ``seq -> mapper.map(f, seq)`` (``parallel()``)."""
+
+    def decorate(func: Callable) -> Callable:
+        def parallel_func(seq: Sequence) -> Any:
+            return mapper.map(func, seq)
+
+        parallel_func.__name__ = getattr(func, "__name__", "parallel_func")
+        parallel_func.__doc__ = func.__doc__
+        return parallel_func
+
+    return decorate
 
 
 class Mapper:

@@ -51,7 +51,7 @@ from twisted.spread import pb
 
 from ipkernel import paths
 from ipkernel.client.blocking import forwarded, get_bridge
-from ipkernel.client.multiengine import find_key_file
+from ipkernel.client.multiengine import find_key_file, parallel_decorator
 from ipkernel.client.partition import split
 from ipkernel.client.results import PendingResult
 from ipkernel.errors import (
@@ -892,17 +892,7 @@ class TaskClient:
         self, chunksize: int | None = None, retries: int = 1, block: bool = True
     ) -> Callable[[Callable[[Any], Any]], Callable[[Iterable[Any]], Any]]:
         """Decorator: ``@tc.parallel()`` turns ``f`` into ``seq -> tc.map(f, seq)``."""
-        mapper = self.mapper(chunksize, retries, block)
-
-        def decorate(func: Callable[[Any], Any]) -> Callable[[Iterable[Any]], Any]:
-            def parallel_func(seq: Iterable[Any]) -> Any:
-                return mapper.map(func, seq)
-
-            parallel_func.__name__ = getattr(func, "__name__", "parallel_func")
-            parallel_func.__doc__ = func.__doc__
-            return parallel_func
-
-        return decorate
+        return parallel_decorator(self.mapper(chunksize, retries, block))
 
     def sync(self) -> None:
         """Wait until the controller has answered every task submitted so far."""
