@@ -958,16 +958,18 @@ class IPClusterTests(TestCase):
 
 
 FAKE_SSH = """#!/bin/sh
-# Stands in for ssh: runs the remote command on this host, in $HOME.
+# Stands in for ssh: runs the remote command on this host, in $HOME/<host> (each "host"
+# has a home of its own, as separate machines would).
 while [ "$1" = "-o" ]; do shift 2; done
-shift
-cd "$HOME" && exec /bin/sh -c "$*"
+host="$1"; shift
+mkdir -p "$HOME/$host" && cd "$HOME/$host" && HOME="$HOME/$host" exec /bin/sh -c "$*"
 """
 
 FAKE_SCP = """#!/bin/sh
-# Stands in for scp: copies the file to $HOME/<path> for host:<path>.
+# Stands in for scp: copies the file to $HOME/<host>/<path> for host:<path>.
 while [ $# -gt 2 ]; do shift; done
-cd "$HOME" && exec cp -p "$1" "${2#*:}"
+host="${2%%:*}"
+mkdir -p "$HOME/$host" && cd "$HOME/$host" && exec cp -p "$1" "${2#*:}"
 """
 
 
@@ -999,12 +1001,13 @@ class SSHLauncherProcessTests(TestCase):
         self.assertEqual(
             sorted(role for role, _ in record.children), ["controller", "ssh-engine", "ssh-engine"]
         )
-        copied = home / ".ipkernel" / "security" / paths.ENGINE_FURL
-        self.assertEqual(
-            copied.read_text(), (base / "ipk" / "security" / paths.ENGINE_FURL).read_text()
-        )
-        self.assertEqual(copied.stat().st_mode & 0o777, 0o600)
-        self.assertEqual(copied.parent.stat().st_mode & 0o777, 0o700)
+        for host in ("localhost", "127.0.0.1"):
+            copied = home / host / ".ipkernel" / "security" / paths.ENGINE_FURL
+            self.assertEqual(
+                copied.read_text(), (base / "ipk" / "security" / paths.ENGINE_FURL).read_text()
+            )
+            self.assertEqual(copied.stat().st_mode & 0o777, 0o600)
+            self.assertEqual(copied.parent.stat().st_mode & 0o777, 0o700)
         cluster.proc.send_signal(signal.SIGTERM)
         code, _, err = cluster.wait()
         self.assertEqual(code, 0, err)
