@@ -32,8 +32,7 @@ from ipkernel.controller.registry import check_targets
 from ipkernel.errors import SerializationError, SharedMemoryError
 from ipkernel.security import KeyFile, read_key_file
 from ipkernel.serialization import Serialized, deserialize, deserialize_failure, dump
-from ipkernel.wire.connect import login
-from ipkernel.wire.errors import exception_from_failure
+from ipkernel.wire.connect import call_controller, login
 from ipkernel.wire.transfer import (
     INLINE_LIMIT,
     OutgoingPayload,
@@ -163,15 +162,7 @@ class AsyncMultiEngineClient:
     # Plumbing: every engine call goes through _call / _call_each.
 
     def _remote(self, method: str, *args: Any) -> Deferred:
-        try:
-            d = self._avatar.callRemote(method, *args)
-        except pb.DeadReferenceError:
-            from ipkernel.errors import ControllerUnreachable
-
-            raise ControllerUnreachable(
-                f"the connection to the controller ({self.source}) is closed; create a new client"
-            ) from None
-        return d.addErrback(_translate)
+        return call_controller(self._avatar, self.source, method, *args)
 
     def _call(
         self,
@@ -507,11 +498,6 @@ class AsyncMultiEngineClient:
         finally:
             turn.skip()
         return join(results) if _is_array(seq) else [x for part in results for x in part]
-
-
-def _translate(failure):
-    """Raise the client-side exception for a failed remote call."""
-    raise exception_from_failure(failure)
 
 
 def _serialized(namespace: dict) -> Serialized:

@@ -56,7 +56,6 @@ from ipkernel.client.partition import split
 from ipkernel.client.results import PendingResult
 from ipkernel.errors import (
     CompositeError,
-    ControllerUnreachable,
     IPKernelError,
     SerializationError,
     error_from_wire,
@@ -64,8 +63,7 @@ from ipkernel.errors import (
 )
 from ipkernel.security import KeyFile
 from ipkernel.serialization import deserialize, deserialize_failure, serialize, serialize_failure
-from ipkernel.wire.connect import login
-from ipkernel.wire.errors import exception_from_failure
+from ipkernel.wire.connect import call_controller, login
 from ipkernel.wire.records import TASK_SUBMIT, unpack_results
 
 __all__ = [
@@ -538,13 +536,7 @@ class AsyncTaskClient:
         return self._call_remote(method, *args)
 
     def _call_remote(self, method: str, *args: Any) -> Deferred:
-        try:
-            d = self._avatar.callRemote(method, *args)
-        except pb.DeadReferenceError:
-            raise ControllerUnreachable(
-                f"the connection to the controller ({self.source}) is closed; create a new client"
-            ) from None
-        return d.addErrback(_translate)
+        return call_controller(self._avatar, self.source, method, *args)
 
     def _refusal(self, taskids: Iterable[int]) -> Deferred | None:
         """A failed Deferred if the controller refused one of ``taskids``, else None."""
@@ -805,11 +797,6 @@ def _id_list(taskids: int | Iterable[int]) -> list[int]:
         return [operator.index(taskid) for taskid in taskids]  # type: ignore[union-attr]
     except TypeError:
         raise TypeError(f"expected a task id or a list of task ids, not {taskids!r:.100}")
-
-
-def _translate(failure: Any) -> None:
-    """Raise the client-side exception for a failed remote call."""
-    raise exception_from_failure(failure)
 
 
 # -- the synchronous client ---------------------------------------------------------------------

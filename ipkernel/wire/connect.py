@@ -74,3 +74,25 @@ def _is_certificate_mismatch(tls: object, failure: Failure) -> bool:
         return True
     text = repr(failure.value)
     return "certificate verify failed" in text
+
+
+def call_controller(
+    avatar: pb.RemoteReference, source: str, method: str, *args: object
+) -> Deferred:
+    """``avatar.callRemote(method, *args)`` with the client's errors.
+
+    Fires with the answer; errbacks with the exception the controller named (see
+    :func:`~ipkernel.wire.errors.exception_from_failure`), or raises
+    :class:`~ipkernel.errors.ControllerUnreachable` at once if the connection is closed.
+    """
+    try:
+        d = avatar.callRemote(method, *args)
+    except pb.DeadReferenceError:
+        raise ControllerUnreachable(
+            f"the connection to the controller ({source}) is closed; create a new client"
+        ) from None
+    return d.addErrback(_raise_translated)
+
+
+def _raise_translated(failure: Failure) -> None:
+    raise exception_from_failure(failure)
