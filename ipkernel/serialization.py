@@ -120,6 +120,25 @@ class Serialized:
             _MAGIC, _VERSION, kind, len(buffers), self.lengths[0]
         ) + b"".join(_LENGTH.pack(n) for n in self.lengths[1:])
 
+    @classmethod
+    def from_parts(cls, header: bytes, parts: Sequence[Any]) -> Serialized:
+        """A payload from a header checked with :func:`read_header` and parts of the
+        lengths it announces (any buffers); nothing is copied or unpickled.
+
+        :raises SerializationError: if the parts do not match the header.
+        """
+        lengths = read_header(header)
+        views = [memoryview(part).cast("B") for part in parts]
+        if [view.nbytes for view in views] != lengths:
+            raise _malformed("the parts do not have the lengths the header announces")
+        self = cls.__new__(cls)
+        self.kind = _KIND_OBJECT
+        self.parts = views
+        self.lengths = lengths
+        self.nbytes = sum(lengths)
+        self.header = bytes(header)
+        return self
+
     def frames(self) -> list[bytes]:
         """The inline form: ``[header, chunk, chunk, ...]``, chunks of :data:`CHUNK_SIZE`."""
         frames = [self.header]

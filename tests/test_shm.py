@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 from twisted.internet import reactor
@@ -110,6 +112,82 @@ class SegmentTests(SynchronousTestCase):
         self.assertTrue(shm.can_open(probe))
         self.assertFalse(shm.can_open(shm.Handle(probe.host, probe.pid, probe.fd, "ab" * 16, 0)))
 
+    def test_pieces_map_back_contiguous(self) -> None:
+        """A segment written in pieces (in parallel) maps each large part as one
+        contiguous private buffer across them, and reads small parts across them."""
+        self.patch(shm, "_piece_count", lambda size: 3)
+        large = np.random.default_rng(5).random(300_000)  # 2.4 MB: over pieces 0 and 1
+        smalls = [bytes([i]) * 200_000 for i in range(6)]  # the first over pieces 1 and 2
+        parts = [b"head", large, *smalls]
+        segment = shm.Segment.write(parts)
+        self.addCleanup(segment.close)
+        self.assertEqual(len(segment.handle.fds), 3)
+        self.assertEqual(shm.Handle.from_wire(segment.handle.to_wire()), segment.handle)
+        lengths = [memoryview(p).nbytes for p in parts]
+        got = shm.map_parts(segment.handle, segment.offsets, lengths)
+        self.assertEqual(bytes(got[0]), b"head")
+        array = np.frombuffer(got[1], dtype=np.float64)
+        self.assertTrue(np.array_equal(array, large))
+        self.assertEqual([bytes(p) for p in got[2:]], smalls)
+        names = mapped_segments()
+        for suffix in ("", "-1"):
+            self.assertIn(f"/memfd:ipkernel-{segment.token}{suffix}", names)
+        array[:] = -1.0  # private: the segment is unchanged
+        again = shm.map_parts(segment.handle, segment.offsets, lengths)[1]
+        self.assertTrue(np.array_equal(np.frombuffer(again, dtype=np.float64), large))
+
+    def test_wrong_pieces_are_refused(self) -> None:
+        """A handle whose pieces are not the segment's, in its order, is refused."""
+        self.patch(shm, "_piece_count", lambda size: 3)
+        segment = shm.Segment.write([np.ones(200_000)])
+        other = shm.Segment.write([np.zeros(200_000)])
+        self.addCleanup(segment.close)
+        self.addCleanup(other.close)
+        h, o = segment.handle, other.handle
+        lengths = [1_600_000]
+        for bad in (
+            shm.Handle(h.host, h.pid, h.fd, h.token, h.size, (h.more[0], o.more[1])),
+            shm.Handle(h.host, h.pid, h.fd, h.token, h.size, (h.more[1], h.more[0])),
+            shm.Handle(h.host, h.pid, h.fd, h.token, h.size, h.more[:1]),
+            shm.Handle(h.host, h.pid, h.fd, h.token, h.size, (*h.more, o.fd)),
+            shm.Handle(h.host, h.pid, h.fd, h.token, 10, h.more),
+            shm.Handle(h.host, h.pid, h.fd, h.token, h.size),
+        ):
+            self.assertRaises(SharedMemoryError, shm.map_parts, bad, [0], lengths)
+            self.assertRaises(SharedMemoryError, shm.open_segment, bad)
+        fds = shm.open_segment(h)  # every piece, checked
+        self.assertEqual(len(fds), len(h.fds))
+        self.assertEqual(sum(os.fstat(fd).st_size for fd in fds), h.size)
+        shm.close_segment(fds, 0)
+        for fd in fds:
+            self.assertRaises(OSError, os.fstat, fd)
+        for bad_wire in (h.to_wire()[:5] + [[]], h.to_wire()[:5] + [[-1]]):
+            self.assertRaises(ValueError, shm.Handle.from_wire, bad_wire)
+
+    def test_large_regions_and_segments_are_released_in_the_background(self) -> None:
+        """Unmapping a large region and closing a large segment (which frees its pages)
+        happen in a background thread, shortly after."""
+        data = np.arange(1_000_000, dtype=np.float64)  # 8 MB
+        segment = shm.Segment.write([data])
+        held = {os.readlink(f"/proc/self/fd/{fd}") for fd in segment.fds}
+        view = np.frombuffer(shm.map_parts(segment.handle, segment.offsets, [data.nbytes])[0])
+        segment.close()
+        self.assertTrue(segment.closed)
+        del view
+        gc.collect()
+
+        def released() -> bool:
+            names = set()
+            for fd in os.listdir("/proc/self/fd"):
+                with contextlib.suppress(OSError):
+                    names.add(os.readlink(f"/proc/self/fd/{fd}"))
+            return not (held & names) and not any(segment.token in n for n in mapped_segments())
+
+        deadline = time.monotonic() + 10
+        while not released():
+            self.assertLess(time.monotonic(), deadline, "the segment is still held")
+            time.sleep(0.01)
+
     def test_keeper_release_and_close_all(self) -> None:
         """A keeper holds segments until released (by token) or closed all at once."""
         keeper = shm.SegmentKeeper()
@@ -158,6 +236,19 @@ class SharedPayloadTests(SynchronousTestCase):
         chain.flush()
         self.assertEqual(self.successResultOf(d), 1)
         self.assertEqual(chain.controller.seen, [SharedPayload])
+        self.assertTrue(np.array_equal(chain.engine.taken[0]["a"], data))
+
+    def test_pieces_through_the_relay(self) -> None:
+        """A segment in pieces crosses the controller (its handle lists every piece)."""
+        self.patch(shm, "_piece_count", lambda size: 2)
+        chain = Chain()
+        data = np.random.default_rng(4).random(100_000)
+        payload = SharedPayload.write(dump({"a": data}))
+        self.addCleanup(payload.close)
+        self.assertEqual(len(payload.handle.fds), 2)
+        d = chain.remote.callRemote("push", payload)
+        chain.flush()
+        self.assertEqual(self.successResultOf(d), 1)
         self.assertTrue(np.array_equal(chain.engine.taken[0]["a"], data))
 
     def test_unopenable_payload_fails_on_open(self) -> None:

@@ -24,10 +24,12 @@ from tests.cluster import Cluster, poll
 
 @inlineCallbacks
 def task_client(cluster: Cluster):
-    """An asynchronous Task client of ``cluster``, disconnected in its cleanup."""
+    """An asynchronous Task client of ``cluster`` (with the cluster's transport),
+    disconnected in its cleanup."""
     furl = cluster.security / paths.TC_FURL
     yield poll(furl.exists, f"key file {furl}")
-    client = yield AsyncTaskClient.connect(reactor, read_key_file(furl), str(furl))
+    transport = cluster.env.get("IPKERNEL_TRANSPORT")
+    client = yield AsyncTaskClient.connect(reactor, read_key_file(furl), str(furl), transport)
     cluster.clients.append(client)
     return client
 

@@ -445,6 +445,70 @@ class BatchingTests(SynchronousTestCase):
         self.assertEqual(rig.tasks.queue_status()["succeeded"], 3)
 
 
+class FakeHeld:
+    """A large body or result the controller holds apart (a ``HeldPayload``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.nbytes = 1 << 20
+        self.closed = False
+
+    def sendable(self, share: bool) -> str:
+        return f"sendable {self.name}"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class HeldPayloadTests(SynchronousTestCase):
+    def test_held_bodies_go_apart_and_are_freed_when_finished(self):
+        """A held body goes in the batch's dict, by record index, on every attempt, and
+        is freed once its task is finished (not before: a retry needs it)."""
+        rig = Rig(1)
+        [e0] = rig.engines
+        held = FakeHeld("body")
+        tid = rig.tasks.run([[1, held, None]])
+        small = rig.run()
+        command, args = e0.calls[-1]
+        self.assertEqual(command, "run_task")
+        [(_, (frames, _))] = TASK_RUN.unpack(args[0])
+        self.assertIsNone(frames)
+        self.assertEqual(args[1], {0: held})
+        rig.reply(e0, (tid, "raised", [b"first"]))
+        self.assertFalse(held.closed)
+        self.assertEqual(e0.calls[-1][1][1], {0: held})  # sent again for the retry
+        rig.reply(e0, (tid, "ok", [b"done"]))
+        self.assertTrue(held.closed)
+        # A small task's batch carries no dict.
+        self.assertEqual(len(e0.calls[-1][1]), 1)
+        rig.ok(e0)
+        self.assertEqual(rig.record(small)["state"], "succeeded")
+
+    def test_held_results_are_kept_until_clear(self):
+        """A large result answered apart is the record's value until clear() frees it;
+        one that could not be kept fails its attempt with TransferError."""
+        rig = Rig(1)
+        [e0] = rig.engines
+        tids = [rig.run(), rig.run()]
+        result = FakeHeld("result")
+        # The first task's answer is big (held), the second one's did not arrive.
+        batch = e0.last_batch()
+        self.assertEqual(batch, tids[:1])
+        packed = TASK_REPLY.pack([((tids[0], STATUSES.index("ok"), 1e-4, 0), (None,))])
+        e0.answer(("tasks", packed, {0: result}))
+        rig.clock.advance(0)
+        packed = TASK_REPLY.pack([((tids[1], STATUSES.index("ok"), 1e-4, 0), (None,))])
+        e0.answer(("tasks", packed, {0: "the connection was lost"}))
+        rig.clock.advance(0)
+        first, second = (rig.record(t) for t in tids)
+        self.assertIs(first["value"], result)
+        self.assertEqual(second["status"], "error")
+        self.assertEqual(second["value"][0], "TransferError")
+        self.assertFalse(result.closed)
+        rig.tasks.clear()
+        self.assertTrue(result.closed)
+
+
 class FaultToleranceTests(SynchronousTestCase):
     def test_failed_attempts_are_retried_then_fail(self):
         """A failing task runs retries + 1 times (on any engine) and keeps the last failure."""

@@ -3,6 +3,13 @@
 :class:`EngineRegistrar` is the avatar an engine gets for the engine key file: it
 registers the engine's remote object with the controller service, wrapped in a
 :class:`RemoteEngine`, the :class:`~ipkernel.interfaces.IEngine` the core talks to.
+
+Large task payloads: the core hands ``run_task`` the bodies it keeps
+(:class:`~ipkernel.wire.kept.KeptPayload`) in a dict ``{record index: body}``;
+:class:`RemoteEngine` turns each into something sendable to its engine (a handle to the
+controller's segment for an engine on this host, a stream otherwise), asks an engine on
+this host to answer large results through shared memory, and keeps the large results of
+the answer before the core sees it (releasing the engine's segments once adopted).
 """
 
 from __future__ import annotations
@@ -10,15 +17,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
 
+from ipkernel import shm
 from ipkernel.controller.queue import error_outcome
 from ipkernel.controller.service import ControllerService
 from ipkernel.interfaces.engine import DIRECT_COMMANDS, QUEUED_COMMANDS, IEngine
+from ipkernel.wire import kept
 from ipkernel.wire.errors import WireError
+from ipkernel.wire.transfer import SharedPayload
 
 _STATUSES = frozenset({"ok", "raised", "error", "tasks"})
 
@@ -33,9 +43,15 @@ class RemoteEngine:
         self._ref = ref
         self._gone = False
         self._listeners: list[Callable[[Any], None]] = []
+        self._shares: bool | None = None
         ref.notifyOnDisconnect(self._lost)
 
     def call(self, command: str, args: list, options: dict | None = None) -> Deferred:
+        if command == "run_task":
+            return self._run_task(args, options)
+        return self._call(command, args, options)
+
+    def _call(self, command: str, args: list, options: dict | None = None) -> Deferred:
         if self._gone:
             return succeed(error_outcome("EngineError", f"engine {self.id} is gone"))
         try:
@@ -58,7 +74,57 @@ class RemoteEngine:
     def _checked(self, outcome: object) -> tuple:
         if isinstance(outcome, (list, tuple)) and len(outcome) == 2 and outcome[0] in _STATUSES:
             return tuple(outcome)
+        if isinstance(outcome, (list, tuple)) and len(outcome) == 3 and outcome[0] == "tasks":
+            return tuple(outcome)  # large results apart: see _keep_results
         return error_outcome("EngineError", f"engine {self.id} sent a malformed reply")
+
+    # Large task payloads.
+
+    def shares_memory(self) -> bool:
+        """Whether this engine runs on the controller's host, as its user, and the
+        controller can open its segments (then it can open the controller's)."""
+        if self._shares is None:
+            self._shares = False
+            probe = self.info.get("shm_probe")
+            if probe and self.info.get("host_id") == shm.host_identity():
+                try:
+                    self._shares = shm.can_open(shm.Handle.from_wire(probe))
+                except ValueError:
+                    pass
+        return self._shares
+
+    def _run_task(self, args: list, options: dict | None) -> Deferred:
+        share = self.shares_memory()
+        if len(args) == 2 and isinstance(args[1], dict):
+            args = [args[0], {i: body.sendable(share) for i, body in args[1].items()}]
+        probe = shm.local_probe() if share else None
+        if probe is not None:
+            options = dict(options or {}, reply_to=probe.to_wire())
+        return self._call("run_task", args, options).addCallback(self._keep_results)
+
+    def _keep_results(self, outcome: tuple) -> Deferred | tuple:
+        """``("tasks", packed, {index: payload})`` to ``("tasks", packed, {index: kept
+        payload or why it was not kept})``, once every payload is held here."""
+        if len(outcome) != 3:
+            return outcome
+        payloads = outcome[2]
+        if not isinstance(payloads, dict) or not all(kept.keepable(p) for p in payloads.values()):
+            return error_outcome("EngineError", f"engine {self.id} sent malformed task results")
+        indexes = list(payloads)
+        tokens = [p.handle.token for p in payloads.values() if isinstance(p, SharedPayload)]
+        keeps = [kept.keep(payloads[i]) for i in indexes]
+
+        def held(results: list) -> tuple:
+            if tokens and not self._gone:
+                # Adopted (or not openable): the engine may close its segments.
+                self._call("release_shm", [tokens]).addErrback(lambda f: None)
+            values = {
+                i: value if ok else value.getErrorMessage()
+                for i, (ok, value) in zip(indexes, results, strict=True)
+            }
+            return ("tasks", outcome[1], values)
+
+        return DeferredList(keeps, consumeErrors=True).addCallback(held)
 
     def _failed(self, failure: Failure, command: str) -> tuple:
         if failure.check(pb.PBConnectionLost, pb.DeadReferenceError):

@@ -12,7 +12,10 @@ and can send many tasks in one message (``run_tasks``); it cannot submit under a
 did not reserve.
 
 Batches of tasks and of results cross as packed messages (:mod:`ipkernel.wire.records`),
-not as nested lists, which PB would encode element by element.
+not as nested lists, which PB would encode element by element. Large task bodies and
+results ride along as payloads (``{record index: payload}``, the record's frames
+``None``): the controller keeps them (:mod:`ipkernel.wire.kept`), a body once it has
+arrived whole, before the task is accepted.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.spread import pb
 
+from ipkernel import shm
+from ipkernel.wire import kept
 from ipkernel.wire.errors import WireError, to_wire
 from ipkernel.wire.records import TASK_SUBMIT, MalformedRecords, pack_results
 
@@ -56,6 +61,8 @@ class TaskAdapter(pb.Referenceable):
     def __init__(self, tasks: Any) -> None:
         self._tasks = tasks
         self._reserved: list[range] = []
+        # Whether this client and the controller can open each other's segments.
+        self._share = False
 
     def _owns(self, taskid: object) -> bool:
         return (
@@ -77,20 +84,61 @@ class TaskAdapter(pb.Referenceable):
             self._reserved.append(range(first, first + count))
         return first
 
-    def remote_run_tasks(self, message: object) -> list:
-        """Submit the tasks packed in ``message`` (:data:`~ipkernel.wire.records.TASK_SUBMIT`)
-        under ids this client reserved.
+    def remote_shm_probe(self, probe: object) -> list | None:
+        """This client's shared-memory probe; answers the controller's probe if the
+        controller can open the client's segments (same host and user), else ``None``."""
+        try:
+            theirs = shm.Handle.from_wire(probe)
+        except ValueError:
+            return None
+        mine = shm.local_probe()
+        self._share = (
+            mine is not None and theirs.host == shm.host_identity() and shm.can_open(theirs)
+        )
+        return mine.to_wire() if self._share and mine is not None else None
 
-        Returns ``[[taskid, type_name, message], ...]`` for the tasks refused (usually
-        none); the others are accepted. A message that cannot be unpacked is refused as a
-        whole (``TypeError``).
+    def remote_run_tasks(self, message: object, payloads: object = None) -> Deferred | list:
+        """Submit the tasks packed in ``message`` (:data:`~ipkernel.wire.records.TASK_SUBMIT`)
+        under ids this client reserved; ``payloads`` maps record indexes to the large
+        bodies sent apart (those records' bodies are ``None``).
+
+        Fires, once every payload is held here, with ``[[taskid, type_name, message],
+        ...]`` for the tasks refused (usually none: a body that did not arrive refuses its
+        task with ``TransferError``); the others are accepted. A message that cannot be
+        unpacked is refused as a whole (``TypeError``).
         """
         try:
             records = TASK_SUBMIT.unpack(message)
         except MalformedRecords as exc:
             raise WireError("TypeError", f"run_tasks: {exc}") from None
+        if payloads is None:
+            return self._submit(records, {})
+        if not isinstance(payloads, dict) or not all(
+            isinstance(i, int) and 0 <= i < len(records) and records[i][1][0] is None
+            for i in payloads
+        ):
+            # The payloads are dropped unkept: their streams are aborted.
+            raise WireError("TypeError", "run_tasks: payloads must name records without a body")
+        indexes = list(payloads)
+        keeps = [kept.keep(payloads[i]) for i in indexes]
+        d = DeferredList(keeps, consumeErrors=True)
+        return d.addCallback(
+            lambda results: self._submit(records, dict(zip(indexes, results, strict=True)))
+        )
+
+    def _submit(self, records: list, held: dict[int, tuple[bool, Any]]) -> list:
+        """Submit unpacked records; ``held`` maps record indexes to ``(ok, kept payload
+        or failure)``, the outcome of keeping each large body."""
         tasks: list[tuple[int, list]] = []
-        for (taskid, retries), (body, depend) in records:
+        failed: dict[int, str] = {}  # task id -> why a body of its chain is missing
+        for index, ((taskid, retries), (body, depend)) in enumerate(records):
+            if index in held:
+                ok, value = held[index]
+                if ok:
+                    body = value
+                else:
+                    owner = taskid if taskid != -1 else (tasks[-1][0] if tasks else taskid)
+                    failed[owner] = f"a task's body did not arrive: {value.getErrorMessage()}"
             if taskid == -1:
                 if not tasks:
                     raise WireError("TypeError", "run_tasks: a recovery task with no task")
@@ -100,26 +148,50 @@ class TaskAdapter(pb.Referenceable):
         refused: list[list] = []
         accepted: list[tuple[int, list]] = []
         for taskid, chain in tasks:
-            if self._owns(taskid):
+            if taskid in failed:
+                refused.append([taskid, "TransferError", failed[taskid]])
+                _close_chain(chain)
+            elif self._owns(taskid):
                 accepted.append((taskid, chain))
             else:
                 refused.append(
                     [taskid, "ValueError", f"task id {taskid} was not reserved by this client"]
                 )
-        for (taskid, _), error in zip(accepted, self._tasks.run_many(accepted), strict=True):
+                _close_chain(chain)
+        for (taskid, chain), error in zip(accepted, self._tasks.run_many(accepted), strict=True):
             if error is not None:
                 refused.append([taskid, type(error).__name__, str(error)])
+                _close_chain(chain)
         return refused
 
-    def remote_get_task_result(self, taskid: object, block: object = False) -> Deferred:
-        """The record of ``taskid``, packed (``None`` if not finished and not ``block``)."""
+    def remote_get_task_result(
+        self, taskid: object, block: object = False, options: object = None
+    ) -> Deferred:
+        """``[packed records, payloads]`` for ``taskid``: its record (``None`` if not
+        finished and not ``block``), as :meth:`remote_get_task_results`."""
         d = _forward(self._tasks.get_task_result, _int(taskid, "taskid"), bool(block))
-        return d.addCallback(lambda record: None if record is None else pack_results([record]))
+        return d.addCallback(lambda record: self._pack([record], options))
 
-    def remote_get_task_results(self, taskids: object, block: object = False) -> Deferred:
-        """The records of ``taskids``, packed in order."""
+    def remote_get_task_results(
+        self, taskids: object, block: object = False, options: object = None
+    ) -> Deferred:
+        """``[packed records, {index: payload}]`` for ``taskids``, in order: a large
+        result is sent apart, through shared memory if ``options`` has ``shm`` and this
+        client can map the controller's segments, streamed otherwise."""
         d = _forward(self._tasks.get_task_results, _ids(taskids), bool(block))
-        return d.addCallback(pack_results)
+        return d.addCallback(self._pack, options)
+
+    def _pack(self, records: list, options: object) -> list:
+        share = self._share and isinstance(options, dict) and bool(options.get("shm"))
+        payloads: dict[int, Any] = {}
+        wire = []
+        for index, record in enumerate(records):
+            value = None if record is None else record.get("value")
+            if isinstance(value, kept.KeptPayload):
+                payloads[index] = value.sendable(share)
+                record = dict(record, value=None)
+            wire.append(record)
+        return [pack_results(wire), payloads]
 
     def remote_barrier(self, taskids: object) -> Deferred:
         """Fire with ``None`` once every task named is finished."""
@@ -144,6 +216,13 @@ class TaskAdapter(pb.Referenceable):
     def remote_engine_count(self) -> int:
         """How many engines take tasks now."""
         return self._tasks.engine_count()
+
+
+def _close_chain(chain: list) -> None:
+    """Free the kept bodies of a chain that was not accepted."""
+    for _, body, _ in chain:
+        if isinstance(body, kept.KeptPayload):
+            body.close()
 
 
 def task_avatar_factory(tasks: Any) -> Callable[[pb.Broker], TaskAdapter]:

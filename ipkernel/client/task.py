@@ -9,10 +9,11 @@
     tc.get_task_result(tids[73])              # TaskResult[ID:73]:{'a': 73}
 
 A task is a :class:`StringTask` (code; ``client.Task`` is the same class) or a
-:class:`MapTask` (a function call). Every option is a constructor keyword and an
-attribute, read when the task is submitted. The client serializes the task (its body and
-its ``depend`` function, separately) into frames that only the engine decodes; the
-controller sees its ``retries`` and the shape of its recovery chain, nothing else.
+:class:`MapTask` (a function call), defined with :class:`TaskResult` in
+:mod:`ipkernel.client.task_types` and importable from here. The client serializes the
+task (its body and its ``depend`` function, separately) into frames that only the engine
+decodes; the controller sees its ``retries`` and the shape of its recovery chain, nothing
+else. Large bodies and results travel apart (:mod:`ipkernel.client.task_payloads`).
 
 Submitting is cheap: the client reserves blocks of task ids from the controller, so
 :meth:`TaskClient.run` knows the new task's id at once, and sends the tasks submitted in a
@@ -29,7 +30,6 @@ the controller's error for that id.
 from __future__ import annotations
 
 import atexit
-import datetime
 import math
 import operator
 import threading
@@ -54,17 +54,28 @@ from ipkernel.client.blocking import forwarded, get_bridge
 from ipkernel.client.multiengine import find_key_file, parallel_decorator
 from ipkernel.client.partition import split
 from ipkernel.client.results import PendingResult
+from ipkernel.client.task_payloads import TaskPayloads
+from ipkernel.client.task_types import (
+    BaseTask,
+    MapTask,
+    StringTask,
+    Task,
+    TaskResult,
+    task_to_wire,
+)
 from ipkernel.errors import (
     CompositeError,
-    IPKernelError,
-    SerializationError,
     error_from_wire,
-    format_error_line,
 )
 from ipkernel.security import KeyFile
-from ipkernel.serialization import deserialize, deserialize_failure, serialize, serialize_failure
+from ipkernel.serialization import (
+    Serialized,
+    deserialize_failure,
+    serialize_failure,
+)
 from ipkernel.wire.connect import call_controller, login
-from ipkernel.wire.records import TASK_SUBMIT, unpack_results
+from ipkernel.wire.records import TASK_SUBMIT
+from ipkernel.wire.transfer import transport_mode
 
 __all__ = [
     "AsyncTaskClient",
@@ -90,350 +101,6 @@ AT_EXIT_TIMEOUT = 10.0
 #: Chunks per engine a ``map`` aims at when no ``chunksize`` is given: enough for the
 #: engines that finish first to take more, few enough that each chunk is worth a task.
 CHUNKS_PER_ENGINE = 4
-
-
-# -- tasks ----------------------------------------------------------------------------------
-
-
-class BaseTask:
-    """What every kind of task has: data in and out, clean-up, fault tolerance, placement.
-
-    :param pull: a name or a list of names whose values, after the task ran, make its
-        result (:attr:`TaskResult.results`).
-    :param push: a dict of names and values bound in the engine's namespace first.
-    :param clear_before: reset the engine's namespace before the task.
-    :param clear_after: reset it after the task (whether it succeeded or not).
-    :param retries: how many times a failed task is run again (on any engine) before it
-        counts as failed. An engine that dies while running it uses up one retry too.
-    :param recovery_task: another task, run if this one fails for good; its result then
-        stands under this task's id. It may have its own; a chain that loops is refused
-        by ``run``.
-    :param depend: a function of one argument, an engine's properties dict; the task runs
-        only on engines where it returns true (an exception counts as false). It is
-        evaluated on the engines.
-    """
-
-    def __init__(
-        self,
-        *,
-        pull: str | Sequence[str] | None = None,
-        push: dict[str, Any] | None = None,
-        clear_before: bool = False,
-        clear_after: bool = False,
-        retries: int = 0,
-        recovery_task: BaseTask | None = None,
-        depend: Callable[[dict], Any] | None = None,
-    ) -> None:
-        self.pull = pull
-        self.push = push
-        self.clear_before = clear_before
-        self.clear_after = clear_after
-        self.retries = retries
-        self.recovery_task = recovery_task
-        self.depend = depend
-
-    def _body(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _options_repr(self) -> str:
-        parts = []
-        for name, default in (
-            ("pull", None),
-            ("push", None),
-            ("clear_before", False),
-            ("clear_after", False),
-            ("retries", 0),
-            ("recovery_task", None),
-            ("depend", None),
-        ):
-            value = getattr(self, name)
-            if value != default:
-                parts.append(f", {name}={value!r}")
-        return "".join(parts)
-
-
-class StringTask(BaseTask):
-    """A task that runs code in an engine's namespace, as ``execute`` does.
-
-    ``StringTask("a = f(x)", push={'x': 3}, pull="a")``; the other options are those of
-    :class:`BaseTask`. ``client.Task`` is this class.
-    """
-
-    def __init__(
-        self,
-        expression: str,
-        pull: str | Sequence[str] | None = None,
-        push: dict[str, Any] | None = None,
-        clear_before: bool = False,
-        clear_after: bool = False,
-        retries: int = 0,
-        recovery_task: BaseTask | None = None,
-        depend: Callable[[dict], Any] | None = None,
-    ) -> None:
-        super().__init__(
-            pull=pull,
-            push=push,
-            clear_before=clear_before,
-            clear_after=clear_after,
-            retries=retries,
-            recovery_task=recovery_task,
-            depend=depend,
-        )
-        self.expression = expression
-
-    def _body(self) -> dict[str, Any]:
-        if not isinstance(self.expression, str):
-            raise TypeError(
-                f"StringTask needs a string of code, not {type(self.expression).__name__}"
-            )
-        return {"kind": "string", "code": self.expression}
-
-    def __repr__(self) -> str:
-        return f"StringTask({self.expression!r}{self._options_repr()})"
-
-
-#: IPython 0.9's name for a task made of code.
-Task = StringTask
-
-
-class MapTask(BaseTask):
-    """A task that calls ``function(*args, **kwargs)`` on an engine.
-
-    The return value is :attr:`TaskResult.result`; ``pull`` and the other options are
-    those of :class:`BaseTask`. The function travels by value (closures and lambdas too).
-    """
-
-    def __init__(
-        self,
-        function: Callable[..., Any],
-        args: Sequence[Any] | None = None,
-        kwargs: dict[str, Any] | None = None,
-        pull: str | Sequence[str] | None = None,
-        push: dict[str, Any] | None = None,
-        clear_before: bool = False,
-        clear_after: bool = False,
-        retries: int = 0,
-        recovery_task: BaseTask | None = None,
-        depend: Callable[[dict], Any] | None = None,
-    ) -> None:
-        super().__init__(
-            pull=pull,
-            push=push,
-            clear_before=clear_before,
-            clear_after=clear_after,
-            retries=retries,
-            recovery_task=recovery_task,
-            depend=depend,
-        )
-        self.function = function
-        self.args = args
-        self.kwargs = kwargs
-
-    def _body(self) -> dict[str, Any]:
-        if not callable(self.function):
-            raise TypeError(f"MapTask needs a callable, not {type(self.function).__name__}")
-        args = () if self.args is None else self.args
-        if not isinstance(args, (list, tuple)):
-            raise TypeError(f"MapTask args must be a list or tuple, not {type(args).__name__}")
-        kwargs = {} if self.kwargs is None else self.kwargs
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
-            raise TypeError("MapTask kwargs must be a dict with string keys")
-        return {"kind": "map", "function": self.function, "args": tuple(args), "kwargs": kwargs}
-
-    def __repr__(self) -> str:
-        name = getattr(self.function, "__name__", repr(self.function))
-        return f"MapTask({name}, args={self.args!r}, kwargs={self.kwargs!r}{self._options_repr()})"
-
-
-def _pull_names(pull: object) -> list[str]:
-    if pull is None:
-        return []
-    if isinstance(pull, str):
-        return [pull]
-    if isinstance(pull, (list, tuple)) and all(isinstance(name, str) for name in pull):
-        return list(pull)
-    raise TypeError(f"pull must be a name or a list of names, not {pull!r}")
-
-
-def _serialize_body(body: dict[str, Any]) -> list[bytes]:
-    try:
-        return serialize(body)
-    except SerializationError:
-        # Find the part that cannot be pickled, so the error names it.
-        for key, value in (body.get("push") or {}).items():
-            serialize(value, name=key)
-        for key in ("function", "args", "kwargs"):
-            if key in body:
-                serialize(body[key], name=f"the task's {key}")
-        raise
-
-
-def task_to_wire(task: BaseTask) -> list[list]:
-    """Check ``task`` and its recovery chain; return the wire form the controller takes.
-
-    The form is ``[[retries, body frames, depend frames or None], ...]``: the task, then
-    each of its recovery tasks in order.
-
-    :raises ValueError: for negative ``retries`` or a recovery chain that loops.
-    :raises TypeError: for an option of the wrong type (the message names it).
-    :raises SerializationError: naming the value that cannot be pickled.
-    """
-    wires: list[list] = []
-    seen: set[int] = set()
-    node: object = task
-    while node is not None:
-        if not isinstance(node, BaseTask):
-            raise TypeError(
-                f"expected a StringTask or MapTask, not {type(node).__name__}"
-                + (" (as recovery_task)" if wires else "")
-            )
-        if id(node) in seen:
-            raise ValueError("the chain of recovery tasks loops: a task cannot recover itself")
-        seen.add(id(node))
-        retries = node.retries
-        if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries < 2**31:
-            raise ValueError(f"retries must be an int from 0 to 2**31 - 1, not {retries!r}")
-        push = node.push
-        if push is not None and (
-            not isinstance(push, dict) or not all(isinstance(k, str) for k in push)
-        ):
-            raise TypeError("push must be a dict of names (strings) to values")
-        if node.depend is not None and not callable(node.depend):
-            raise TypeError(f"depend must be a function, not {type(node.depend).__name__}")
-        body = node._body()
-        body.update(
-            push=push or None,
-            pull=_pull_names(node.pull),
-            clear_before=bool(node.clear_before),
-            clear_after=bool(node.clear_after),
-        )
-        depend = None if node.depend is None else serialize(node.depend, name="depend")
-        wires.append([retries, _serialize_body(body), depend])
-        node = node.recovery_task
-    return wires
-
-
-# -- results --------------------------------------------------------------------------------
-
-
-class ResultNS:
-    """The pulled names of a task as attributes: ``tr.ns.a``."""
-
-    def __init__(self, results: dict[str, Any]) -> None:
-        self.__dict__.update(results)
-
-    def __repr__(self) -> str:
-        return f"ResultNS({self.__dict__!r})"
-
-
-def _when(seconds: float | None) -> datetime.datetime | None:
-    return None if seconds is None else datetime.datetime.fromtimestamp(seconds)
-
-
-class TaskResult:
-    """The outcome of a finished task, with what is known of its run.
-
-    Attributes: :attr:`taskid`, :attr:`engineid` (the engine of the attempt that finished,
-    or ``None``), :attr:`submitted` and :attr:`completed` (datetimes), :attr:`duration`
-    (seconds the finishing attempt took on its engine, ``None`` if none ran to the end),
-    :attr:`attempts` (runs of the task in charge), :attr:`recovered` (0, or how far down
-    the recovery chain the task in charge is), :attr:`failure` (``None``, or the exception,
-    with the remote traceback text in its ``remote_traceback``).
-
-    A failed task's result is returned, not raised: reading :attr:`results`, :attr:`ns` or
-    :attr:`result` raises its failure, and so does :meth:`raise_exception`.
-    """
-
-    def __init__(
-        self,
-        taskid: int,
-        *,
-        results: dict[str, Any] | None = None,
-        result: Any = None,
-        failure: BaseException | None = None,
-        engineid: int | None = None,
-        submitted: datetime.datetime | None = None,
-        completed: datetime.datetime | None = None,
-        duration: float | None = None,
-        attempts: int = 0,
-        recovered: int = 0,
-    ) -> None:
-        self.taskid = taskid
-        self._results = results if results is not None else {}
-        self._result = result
-        self.failure = failure
-        self.engineid = engineid
-        self.submitted = submitted
-        self.completed = completed
-        self.duration = duration
-        self.attempts = attempts
-        self.recovered = recovered
-
-    @classmethod
-    def from_wire(cls, record: dict[str, Any]) -> TaskResult:
-        """Build a result from the controller's record of a finished task."""
-        status, value = record.get("status"), record.get("value")
-        results: dict[str, Any] = {}
-        result = None
-        failure: BaseException | None = None
-        try:
-            if status == "ok":
-                results, result = deserialize(value)
-            elif status == "raised":
-                failure = deserialize_failure(value)
-            elif status == "error":
-                failure = error_from_wire(str(value[0]), str(value[1]))
-            else:
-                failure = IPKernelError(f"the controller sent a result with status {status!r}")
-        except Exception as exc:  # a result that cannot be rebuilt here is its failure
-            failure = exc
-        if failure is not None and record.get("engine_id") is not None:
-            try:
-                if getattr(failure, "engine_id", None) is None:
-                    failure.engine_id = record["engine_id"]  # type: ignore[attr-defined]
-            except AttributeError:
-                pass
-        return cls(
-            record["taskid"],
-            results=results,
-            result=result,
-            failure=failure,
-            engineid=record.get("engine_id"),
-            submitted=_when(record.get("submitted")),
-            completed=_when(record.get("completed")),
-            duration=record.get("duration"),
-            attempts=record.get("attempts") or 0,
-            recovered=record.get("recovered") or 0,
-        )
-
-    @property
-    def results(self) -> dict[str, Any]:
-        """The pulled names and their values; raises the failure of a failed task."""
-        self.raise_exception()
-        return self._results
-
-    @property
-    def ns(self) -> ResultNS:
-        """:attr:`results` by attribute (``tr.ns.a``); raises the failure of a failed task."""
-        return ResultNS(self.results)
-
-    @property
-    def result(self) -> Any:
-        """A :class:`MapTask`'s return value (``None`` for code); raises the failure."""
-        self.raise_exception()
-        return self._result
-
-    def raise_exception(self) -> None:
-        """Raise the task's failure, if it failed; do nothing otherwise."""
-        if self.failure is not None:
-            raise self.failure
-
-    def __repr__(self) -> str:
-        if self.failure is not None:
-            return f"TaskResult[ID:{self.taskid}]:{format_error_line(self.failure)}"
-        if self._result is not None and not self._results:
-            return f"TaskResult[ID:{self.taskid}]:{self._result!r}"
-        return f"TaskResult[ID:{self.taskid}]:{self._results!r}"
 
 
 # -- map --------------------------------------------------------------------------------------
@@ -498,13 +165,22 @@ class AsyncTaskClient:
 
     Every method returns a Deferred; call them from the reactor thread. :meth:`send` is
     the exception: any thread may call it.
+
+    ``transport`` is ``'auto'`` (large task bodies and results through shared memory
+    when the controller is on this host, streams otherwise) or ``'stream'`` (always the
+    network); the default is ``$IPKERNEL_TRANSPORT``, else ``'auto'``.
     """
 
     def __init__(
-        self, avatar: pb.RemoteReference, source: str = "the key file", reactor: Any = None
+        self,
+        avatar: pb.RemoteReference,
+        source: str = "the key file",
+        reactor: Any = None,
+        transport: str | None = None,
     ) -> None:
         self._avatar = avatar
         self.source = source
+        self._payloads = TaskPayloads(transport)
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -518,9 +194,20 @@ class AsyncTaskClient:
         self._rejected: dict[int, BaseException] = {}
 
     @classmethod
-    def connect(cls, reactor: Any, keyfile: KeyFile, source: str = "the key file") -> Deferred:
+    @inlineCallbacks
+    def connect(
+        cls,
+        reactor: Any,
+        keyfile: KeyFile,
+        source: str = "the key file",
+        transport: str | None = None,
+    ):
         """Log in to the Task interface of ``keyfile``'s controller; fires with a client."""
-        return login(reactor, keyfile, source=source).addCallback(cls, source, reactor)
+        transport_mode(transport)  # a bad value fails before connecting
+        avatar = yield login(reactor, keyfile, source=source)
+        client = cls(avatar, source, reactor, transport)
+        yield client._payloads.negotiate(client._call_remote)
+        return client
 
     def disconnect(self) -> None:
         """Close the connection to the controller (tasks already sent keep running)."""
@@ -563,14 +250,22 @@ class AsyncTaskClient:
             first = yield self.reserve_ids(count)
             self._ids.add(first, count)
 
-    @inlineCallbacks
-    def run(self, task: BaseTask):
-        """Submit ``task``; fires with its id once the controller has accepted it.
+    def run(self, task: BaseTask) -> Deferred:
+        """Submit ``task``; fires with its id once the controller has accepted it (and
+        holds its body: until then a large body's arrays are read, and must not change).
 
         Fails at once with ``ValueError``/``TypeError`` for a bad option or a looping
         recovery chain, or ``SerializationError`` naming a value that cannot be pickled.
         """
-        wire = task_to_wire(task)
+        try:
+            wire = task_to_wire(task)
+        except Exception:
+            return fail()
+        return self.run_wire(wire)
+
+    @inlineCallbacks
+    def run_wire(self, wire: list):
+        """Submit a task already in its wire form (:func:`task_to_wire`); as :meth:`run`."""
         taskid = yield self.next_id()
         d: Deferred = Deferred()
         self.send(taskid, wire, d)
@@ -606,14 +301,25 @@ class AsyncTaskClient:
 
     def _send_batch(self, batch: list[tuple[int, list, Deferred | None]]) -> None:
         records = []
+        # Large bodies travel apart: record index -> payload (the record's body is None).
+        payloads: dict[int, Any] = {}
         for taskid, wire, _ in batch:
             for n, (retries, body, depend) in enumerate(wire):
+                if isinstance(body, Serialized):
+                    payloads[len(records)] = self._payloads.pack(body)
+                    body = None
                 records.append(((taskid if n == 0 else -1, retries), (body, depend)))
         try:
-            d = self._call_remote("run_tasks", TASK_SUBMIT.pack(records))
+            args: tuple = (TASK_SUBMIT.pack(records),)
+            if payloads:
+                args += (payloads,)
+            d = self._call_remote("run_tasks", *args)
         except Exception as exc:
             d = Deferred()
             d.errback(exc)
+        if payloads:
+            # Once answered, the controller holds every body (or has refused it).
+            d.addBoth(self._payloads.sent, list(payloads.values()))
         self._unacked.add(d)
 
         def answered(refused: list) -> None:
@@ -656,9 +362,10 @@ class AsyncTaskClient:
         refused = self._refusal([taskid])
         if refused is not None:
             return refused
-        d = self._remote("get_task_result", taskid, bool(block))
+        d = self._remote("get_task_result", taskid, bool(block), self._payloads.fetch_options())
+        d.addCallback(self._payloads.results)
         return d.addCallback(
-            lambda m: None if m is None else TaskResult.from_wire(unpack_results(m)[0])
+            lambda records: None if records[0] is None else TaskResult.from_wire(records[0])
         )
 
     def get_task_results(self, taskids: Sequence[int], block: bool = False) -> Deferred:
@@ -668,17 +375,18 @@ class AsyncTaskClient:
         if refused is not None:
             return refused
         # Groups small enough that one answer stays well under the broker's size limit.
+        options = self._payloads.fetch_options()
         calls = [
-            self._remote("get_task_results", taskids[i : i + RESULTS_PER_CALL], bool(block))
+            self._remote(
+                "get_task_results", taskids[i : i + RESULTS_PER_CALL], bool(block), options
+            ).addCallback(self._payloads.results)
             for i in range(0, len(taskids), RESULTS_PER_CALL)
         ]
         d = gatherResults(calls, consumeErrors=True)
         d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, FirstError) else f)
         return d.addCallback(
             lambda answers: [
-                None if r is None else TaskResult.from_wire(r)
-                for m in answers
-                for r in unpack_results(m)
+                None if r is None else TaskResult.from_wire(r) for rs in answers for r in rs
             ]
         )
 
@@ -776,8 +484,10 @@ def _join_map(results: list[TaskResult], sizes: list[int]) -> list[Any]:
 
 
 def _wire_size(wire: list[list]) -> int:
+    """The bytes a task's wire form puts in the ``run_tasks`` message itself."""
     return sum(
-        sum(len(f) for f in body) + (sum(len(f) for f in depend) if depend else 0)
+        (0 if isinstance(body, Serialized) else sum(len(f) for f in body))
+        + (sum(len(f) for f in depend) if depend else 0)
         for _, body, depend in wire
     )
 
@@ -821,13 +531,20 @@ class TaskClient:
     ``TaskClient()`` reads ``<security-dir>/ipcontroller-tc.furl``; pass a path (or the
     key's URL) to use another. :meth:`run` returns the task's id at once, without a round
     trip to the controller for each task; the other methods block until answered.
+    ``transport`` is as for :class:`AsyncTaskClient`.
     """
 
-    def __init__(self, furl_or_file: str | Path | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        furl_or_file: str | Path | None = None,
+        *,
+        timeout: float = 10.0,
+        transport: str | None = None,
+    ) -> None:
         keyfile, source = find_key_file(furl_or_file, paths.TC_FURL)
         self._bridge = get_bridge()
         self._async: AsyncTaskClient = self._bridge.call(
-            AsyncTaskClient.connect, self._bridge.reactor, keyfile, source
+            AsyncTaskClient.connect, self._bridge.reactor, keyfile, source, transport
         )
         self._pending: weakref.WeakSet[PendingResult] = weakref.WeakSet()
         # Tasks still on their way when the program ends must not be lost with the
@@ -841,9 +558,15 @@ class TaskClient:
 
         Raises ``ValueError``/``TypeError`` for a bad option or a looping recovery chain,
         ``SerializationError`` naming a value that cannot be pickled. The task leaves
-        with the next ones submitted in a row.
+        with the next ones submitted in a row; a task whose body is large (arrays of
+        :data:`~ipkernel.wire.transfer.INLINE_LIMIT` bytes or more) is sent before this
+        returns, so its arrays may change afterwards.
         """
         wire = task_to_wire(task)
+        if any(isinstance(body, Serialized) for _, body, _ in wire):
+            # A large body is read from the caller's arrays while it is sent: return
+            # once the controller holds it, so they may change afterwards.
+            return self._bridge.call(self._async.run_wire, wire)
         taskid = self._async._ids.take()
         if taskid is None:
             taskid = self._bridge.call(self._async.next_id)

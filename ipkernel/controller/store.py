@@ -5,7 +5,9 @@ see them) and reads it back to answer ``get_task_result`` from any client, now o
 the submitting client has gone. A record holds only wire-safe values: the task's opaque
 frames and the options the scheduler needs, its state, timestamps, engine, attempts and
 the outcome of the run that settled it (its result bytes). Nothing in a record is ever
-unpickled by the controller.
+unpickled by the controller. A large body or result is not frames but a
+:class:`HeldPayload`, which the controller keeps apart (see :mod:`ipkernel.wire.kept`)
+and frees with :meth:`HeldPayload.close` once it is no longer needed.
 
 :class:`ITaskStore` is the contract; :class:`MemoryStore` keeps records in a dict for the
 controller's lifetime. A store backed by SQLite (``ipcontroller --db PATH``) implements the
@@ -18,17 +20,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from zope.interface import Attribute, Interface, implementer
 
 __all__ = [
     "FINISHED_STATES",
     "STATES",
+    "HeldPayload",
     "ITaskStore",
     "MemoryStore",
     "TaskRecord",
     "TaskSpec",
+    "close_held",
 ]
 
 #: The states a record can be in, as the keys of ``queue_status``.
@@ -39,19 +43,43 @@ FINISHED_STATES = frozenset({"succeeded", "failed"})
 Frames = list[bytes]
 
 
+@runtime_checkable
+class HeldPayload(Protocol):
+    """A large task body or result the controller holds apart from its record."""
+
+    #: Its size in bytes.
+    nbytes: int
+
+    def sendable(self, share: bool) -> Any:
+        """A new object to put in a message to send it once (``share``: the receiver
+        can map this process's shared memory)."""
+
+    def close(self) -> None:
+        """Free it; it cannot be sent afterwards."""
+
+
+def close_held(value: object) -> None:
+    """Free ``value`` if it is a :class:`HeldPayload` (frames need nothing)."""
+    if value is not None and not isinstance(value, (list, tuple)) and isinstance(
+        value, HeldPayload
+    ):
+        value.close()
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One runnable task as the controller holds it.
 
     ``body`` is the serialized task (code or function and arguments, ``push``, ``pull``,
-    ``clear_before``/``clear_after``), made by the client and read only by the engine.
+    ``clear_before``/``clear_after``), made by the client and read only by the engine:
+    frames, or a :class:`HeldPayload` for a large one.
     ``depend`` is the serialized ``depend`` function or ``None``; ``digest`` is the
     SHA-256 of its frames (computed by the controller from the bytes, so tasks sharing a
     ``depend`` function share cached verdicts). ``retries`` is how many re-runs a failed
     attempt may have.
     """
 
-    body: Frames
+    body: Frames | HeldPayload
     depend: Frames | None
     digest: str | None
     retries: int
@@ -67,8 +95,9 @@ class TaskRecord:
     outcome of the last link that ran, as in IPython 0.9, where a recovery task took over
     the id of the task it recovered.
 
-    ``outcome`` is ``None`` until the task is finished, then ``("ok", frames)``,
-    ``("raised", frames)`` or ``("error", (type_name, message))``. Times are seconds
+    ``outcome`` is ``None`` until the task is finished, then ``("ok", frames)`` (or
+    ``("ok", held payload)`` for a large result), ``("raised", frames)`` or ``("error",
+    (type_name, message))``. Times are seconds
     since the epoch on the controller's clock; ``duration`` is the engine's own
     measurement of the attempt that finished (``None`` if no attempt ran to the end).
     ``attempts`` counts the runs of the link in charge, ``recovered`` is ``link`` once

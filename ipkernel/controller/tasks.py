@@ -78,7 +78,14 @@ from ipkernel.controller.scheduler import (
     TaskDone,
     TaskState,
 )
-from ipkernel.controller.store import ITaskStore, MemoryStore, TaskRecord, TaskSpec
+from ipkernel.controller.store import (
+    HeldPayload,
+    ITaskStore,
+    MemoryStore,
+    TaskRecord,
+    TaskSpec,
+    close_held,
+)
 from ipkernel.interfaces.task import ITaskController
 from ipkernel.wire.records import STATUSES, TASK_REPLY, TASK_RUN, MalformedRecords
 
@@ -99,7 +106,8 @@ def parse_task(task: object) -> list[TaskSpec]:
 
     The wire form is a list of ``[retries, body, depend]``, the task first and then each
     recovery task in order: ``retries`` an int of at least 0, ``body`` frames (a non-empty
-    list of ``bytes``), ``depend`` frames or ``None``.
+    list of ``bytes``) or a :class:`~ipkernel.controller.store.HeldPayload`, ``depend``
+    frames or ``None``.
 
     :raises ValueError: naming what is wrong, for a malformed task or a recovery chain
         longer than :data:`MAX_CHAIN`.
@@ -115,7 +123,9 @@ def parse_task(task: object) -> list[TaskSpec]:
         retries, body, depend = link
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError(f"retries must be an int of at least 0, not {retries!r}")
-        if not _is_frames(body):
+        if _is_frames(body):
+            body = list(body)
+        elif not isinstance(body, HeldPayload):
             raise ValueError("a task's body must be a non-empty list of bytes")
         digest = None
         if depend is not None:
@@ -126,7 +136,7 @@ def parse_task(task: object) -> list[TaskSpec]:
                 h.update(frame)
             digest = h.digest()
             depend = list(depend)
-        chain.append(TaskSpec(list(body), depend, digest, retries))
+        chain.append(TaskSpec(body, depend, digest, retries))
     return chain
 
 
@@ -331,6 +341,11 @@ class TaskController:
 
     def clear(self) -> None:
         """Forget the records of finished tasks (their results can no longer be fetched)."""
+        for state in ("succeeded", "failed"):
+            for taskid in self.store.ids(state):
+                record = self.store.get(taskid)
+                if record is not None and record.outcome is not None:
+                    close_held(record.outcome[1])
         self.store.remove_finished()
         self.scheduler.forget_finished()
 
@@ -534,6 +549,8 @@ class TaskController:
         for sid in chain.sids:
             if sid is not None:
                 self._links.pop(sid, None)
+        for spec in record.chain:  # no link of a finished task runs again
+            close_held(spec.body)
         for waiter in self._waiters.pop(record.taskid, ()):
             waiter(record)
 
@@ -600,14 +617,22 @@ class TaskController:
             del outbox[: self._batch_size]
             now = self._now()
             records = []
+            held: dict[int, HeldPayload] = {}  # large bodies, sent apart, by record index
             for sid in batch:
                 chain, index = self._links[sid]
                 spec = chain.record.chain[index]
                 chain.record.started = now
-                records.append(((sid, spec.digest or _NO_DIGEST), (spec.body, spec.depend)))
+                body = spec.body
+                if not isinstance(body, list):
+                    held[len(records)] = body
+                    body = None
+                records.append(((sid, spec.digest or _NO_DIGEST), (body, spec.depend)))
             inflight.append(batch)
             self._update_busy(engine_id)
-            d = queue.submit("run_task", [TASK_RUN.pack(records)])
+            args: list = [TASK_RUN.pack(records)]
+            if held:
+                args.append(held)
+            d = queue.submit("run_task", args)
             d.addCallback(self._batch_answered, engine_id, batch)
             d.addErrback(lambda f: self.log.failure("handling a batch's answer failed", failure=f))
 
@@ -636,9 +661,15 @@ class TaskController:
 
     def _batch_answered(self, outcome: object, engine_id: int, batch: list[int]) -> None:
         if not self._in_flight(engine_id, batch):
-            return  # the engine left meanwhile; its removal has dealt with the batch
+            # The engine left meanwhile; its removal has dealt with the batch.
+            if isinstance(outcome, tuple) and len(outcome) == 3 and isinstance(outcome[2], dict):
+                for held in outcome[2].values():
+                    close_held(held)
+            return
         status, value = _split_outcome(outcome)
-        if status == "tasks" and len(self._inflight[engine_id]) > 1:
+        if status == "tasks" and len(outcome) == 3:  # type: ignore[arg-type]
+            self._settle_with_results(engine_id, batch, value, outcome[2])  # type: ignore[index]
+        elif status == "tasks" and len(self._inflight[engine_id]) > 1:
             # The engine's queue sends the next batch once this callback returns: read
             # this answer after that, at the next reactor turn.
             self.clock.callLater(0, self._batch_answered_later, outcome, engine_id, batch)
@@ -670,6 +701,33 @@ class TaskController:
             self.clock.callLater(0, self._batch_lost, engine_id, batch, outcome)
         else:
             self._batch_failed(engine_id, batch, _as_error(outcome))
+
+    def _settle_with_results(
+        self, engine_id: int, batch: list[int], packed: object, results: object
+    ) -> None:
+        """Settle a batch whose large results came apart: ``results`` maps entry indexes
+        to the :class:`HeldPayload` kept for each, or the text of why it was not."""
+        try:
+            entries = TASK_REPLY.unpack(packed)
+            if not isinstance(results, dict):
+                raise MalformedRecords("its results are not a dict")
+        except MalformedRecords as exc:
+            for value in results.values() if isinstance(results, dict) else ():
+                close_held(value)
+            outcome = ("error", ("IPKernelError", f"malformed answer: {exc}"))
+            self._batch_failed(engine_id, batch, outcome)
+            return
+        for index, value in results.items():
+            if not (isinstance(index, int) and 0 <= index < len(entries)):
+                close_held(value)
+                continue
+            fields, _ = entries[index]
+            if isinstance(value, HeldPayload):
+                entries[index] = (fields, (value,))
+            else:
+                error = [b"TransferError", f"the task's result did not arrive: {value}".encode()]
+                entries[index] = ((fields[0], _ERROR_CODE, fields[2], fields[3]), (error,))
+        self._settle_batch(engine_id, batch, entries)
 
     def _batch_answered_later(self, outcome: object, engine_id: int, batch: list[int]) -> None:
         if not self._in_flight(engine_id, batch):
@@ -810,7 +868,9 @@ class TaskController:
 
 
 def _split_outcome(outcome: object) -> tuple[Any, Any]:
-    if isinstance(outcome, (list, tuple)) and len(outcome) == 2:
+    if isinstance(outcome, (list, tuple)) and (
+        len(outcome) == 2 or (len(outcome) == 3 and outcome[0] == "tasks")
+    ):
         return outcome[0], outcome[1]
     return None, None
 
@@ -830,6 +890,7 @@ def _as_error(outcome: object) -> Outcome:
 
 
 _NO_DIGEST = bytes(32)
+_ERROR_CODE = STATUSES.index("error")
 
 
 def _parse_entry(entry: tuple) -> tuple[int, str, Any, float | None] | None:

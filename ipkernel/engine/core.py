@@ -99,7 +99,7 @@ class EngineCore:
             return succeed(("error", ("ValueError", f"unknown engine command {command!r}")))
         if command == "run_task":
             # Each task of the batch gets its own wire-safe outcome (see cmd_run_task).
-            return self._executor(self.tasks.run_command, args)
+            return self._executor(self.tasks.run_command, args, options)
         if command in QUEUED_COMMANDS:
             d = self._executor(self._outcome, command, handler, args, options)
         else:

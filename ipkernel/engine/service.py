@@ -68,10 +68,12 @@ class EngineReference(pb.Referenceable):
         return d
 
     def _track(self, outcome: object) -> object:
-        if isinstance(outcome, tuple) and len(outcome) == 2:
-            payload = outcome[1]
-            if isinstance(payload, OutgoingPayload):
-                self._leaving.append(payload)
+        if isinstance(outcome, tuple) and len(outcome) in (2, 3):
+            # An answer's payload, or a task batch's payloads apart.
+            payloads = outcome[2].values() if len(outcome) == 3 else (outcome[1],)
+            for payload in payloads:
+                if isinstance(payload, OutgoingPayload):
+                    self._leaving.append(payload)
         return outcome
 
 

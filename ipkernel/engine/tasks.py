@@ -7,6 +7,14 @@ with one packed entry per task (:data:`ipkernel.wire.records.TASK_REPLY`): ``ok`
 ``raised``, ``declined`` (``depend`` false or raising, with the properties version judged)
 or ``error`` (aborted before it started). One task's failure affects only itself.
 
+Large payloads: a task body of the batch may come apart from the packed message (its
+frames ``None``, the payload in the command's second argument, ``{record index:
+payload}``), and a return value or pulled names of
+:data:`~ipkernel.wire.transfer.INLINE_LIMIT` bytes or more leave the same way, through
+the engine's payload policy (shared memory when the request's options say the controller
+can read it, a stream otherwise): the answer is then ``("tasks", entries, {entry index:
+payload})``.
+
 Aborts
 ------
 The controller aborts a task with the direct command ``interrupt(taskid)``, answered in
@@ -26,8 +34,9 @@ import threading
 import time
 from typing import Any
 
-from ipkernel.serialization import deserialize, serialize, serialize_failure
+from ipkernel.serialization import Serialized, deserialize, dump, serialize_failure
 from ipkernel.wire.records import STATUSES, TASK_REPLY, TASK_RUN, MalformedRecords
+from ipkernel.wire.transfer import INLINE_LIMIT, OutgoingPayload
 
 __all__ = ["TaskRunner"]
 
@@ -57,6 +66,12 @@ class TaskRunner:
         # SIGINTs sent to abort the running task and not yet handled.
         self._signals = 0
         self._verdicts: dict[bytes, tuple[int, bool]] = {}  # digest -> (version, verdict)
+        # The batch running (main thread): its options, the last task's id, the index of
+        # the entry being made, and the large values leaving apart by entry index.
+        self._options: dict | None = None
+        self._last: int | None = None
+        self._entry_index = 0
+        self._apart: dict[int, Any] = {}
 
     # The reactor thread's side.
 
@@ -76,30 +91,44 @@ class TaskRunner:
 
     # The main thread's side.
 
-    def run_command(self, args: list) -> tuple:
-        """The ``run_task`` command: ``args`` is ``[packed batch]``; never raises for a
-        task's failure, and answers a malformed batch with an ``error`` outcome."""
-        if len(args) != 1:
-            return ("error", ("TypeError", "run_task needs one argument, a packed batch"))
+    def run_command(self, args: list, options: dict | None = None) -> tuple:
+        """The ``run_task`` command: ``args`` is ``[packed batch]`` or ``[packed batch,
+        {record index: body payload}]``; never raises for a task's failure, and answers a
+        malformed batch with an ``error`` outcome. ``options`` may carry ``reply_to``
+        (see :class:`~ipkernel.wire.transfer.EnginePayloads`)."""
+        if len(args) not in (1, 2) or (len(args) == 2 and not isinstance(args[1], dict)):
+            return ("error", ("TypeError", "run_task needs a packed batch (and a dict of bodies)"))
         try:
-            return self.run(args[0])
+            return self.run(args[0], args[1] if len(args) == 2 else None, options)
         except MalformedRecords as exc:
             return ("error", ("TypeError", f"run_task: malformed batch: {exc}"))
 
-    def run(self, message: object) -> tuple:
-        """Run a packed batch in order; return ``("tasks", packed entries)``.
+    def run(
+        self, message: object, bodies: dict | None = None, options: dict | None = None
+    ) -> tuple:
+        """Run a packed batch in order; return ``("tasks", packed entries)``, or
+        ``("tasks", packed entries, {entry index: payload})`` when large values leave apart.
 
         Each task's body is the frames of a dict: ``kind`` ``"string"`` with ``code``, or
         ``"map"`` with ``function``, ``args``, ``kwargs``; and ``push``, ``pull`` (a list
-        of names), ``clear_before``, ``clear_after``. Its ``ok`` value is the frames of
-        ``(pulled names dict, return value)`` (``None`` for code).
+        of names), ``clear_before``, ``clear_after``. A body that is ``None`` in the batch
+        is ``bodies[record index]``. Its ``ok`` value is ``(pulled names dict, return
+        value)`` (``None`` for code), serialized.
 
-        :raises MalformedRecords: if ``message`` is not a packed batch.
+        :raises MalformedRecords: if ``message`` is not a packed batch, or a body is
+            neither in it nor in ``bodies``.
         """
-        specs = [
-            (fields[0], fields[1], groups[0], groups[1])
-            for fields, groups in TASK_RUN.unpack(message)
-        ]
+        specs = []
+        for index, (fields, groups) in enumerate(TASK_RUN.unpack(message)):
+            body = groups[0]
+            if body is None:
+                body = (bodies or {}).get(index)
+                if body is None:
+                    raise MalformedRecords(f"task {fields[0]} has no body")
+            specs.append((fields[0], fields[1], body, groups[1]))
+        self._options = options
+        self._apart: dict[int, Any] = {}
+        self._last = specs[-1][0] if specs else None
         entries: list[tuple] = []
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
@@ -109,6 +138,7 @@ class TaskRunner:
             while len(entries) < len(specs):
                 try:
                     for spec in specs[len(entries) :]:
+                        self._entry_index = len(entries)
                         entries.append(self._run_guarded(*spec))
                 except KeyboardInterrupt:
                     # Raised by an abort between the bookkeeping steps of a task rather
@@ -123,7 +153,9 @@ class TaskRunner:
             if in_main:
                 self._settle_signals()
                 signal.signal(signal.SIGINT, previous)
-        return ("tasks", TASK_REPLY.pack(entries))
+        apart, self._apart = self._apart, {}
+        packed = TASK_REPLY.pack(entries)
+        return ("tasks", packed, apart) if apart else ("tasks", packed)
 
     def _settle_signals(self) -> None:
         # An abort may have decided to signal a task that has finished since: its SIGINT
@@ -170,10 +202,11 @@ class TaskRunner:
         task: Any = None
         try:
             task = deserialize(body)
-            code, value = _OK, serialize(self._run_body(task))
+            code, value = _OK, self._pack(taskid, dump(self._run_body(task)))
         except BaseException as exc:  # user code may raise anything, KeyboardInterrupt too
             if isinstance(exc, SystemExit):
                 exc = RuntimeError(f"user code called sys.exit({exc.code!r})")
+            self._apart.pop(self._entry_index, None)
             code, value = _RAISED, serialize_failure(exc, engine_id=self.core.id, method="task")
         finally:
             if isinstance(task, dict) and task.get("clear_after"):
@@ -198,6 +231,21 @@ class TaskRunner:
         names = task.get("pull") or []
         results = dict(zip(names, interp.pull(list(names)), strict=True)) if names else {}
         return results, value
+
+    def _pack(self, taskid: int, serialized: Serialized) -> list[bytes] | None:
+        """Frames for a small value; a large one leaves apart (``None`` is its entry's
+        group, the payload goes in :attr:`_apart` under the entry's index)."""
+        payloads = self.core.payloads
+        if payloads is None or serialized.nbytes < INLINE_LIMIT:
+            return serialized.frames()
+        payload = payloads.pack(serialized, self._options)
+        if isinstance(payload, OutgoingPayload) and taskid != self._last:
+            # A stream reads the value's buffers after the batch: copy them, so that a
+            # later task of the batch cannot change them meanwhile.
+            copies = [bytes(part) for part in serialized.parts]
+            payload = OutgoingPayload(Serialized.from_parts(serialized.header, copies))
+        self._apart[self._entry_index] = payload
+        return None
 
     def _depend_allows(self, depend: Any, digest: bytes, version: int) -> bool:
         """Evaluate ``depend`` on a copy of the properties; an exception means False."""

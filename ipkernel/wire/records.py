@@ -114,7 +114,7 @@ STATES = ("scheduled", "pending", "succeeded", "failed")
 
 #: Client to controller, ``run_tasks``: one record per task and per recovery task, fields
 #: ``(taskid, retries)``, groups ``(body, depend)``. A record with ``taskid == -1`` is the
-#: recovery task of the record before it.
+#: recovery task of the record before it. A body ``None`` travels apart (a large one).
 TASK_SUBMIT = RecordCodec("qI", 2)
 
 #: Controller to engine, ``run_task``: fields ``(taskid, digest)`` (the SHA-256 of the
@@ -124,13 +124,13 @@ TASK_RUN = RecordCodec("q32s", 2)
 #: Engine to controller, the answer to ``run_task``: fields ``(taskid, status code,
 #: seconds, properties version)``, one group: the outcome's frames (``ok``, ``raised``),
 #: ``[type name, message]`` in UTF-8 (``error``), ``None`` (``declined``, whose version is
-#: the field).
+#: the field; or a large ``ok`` value, which travels apart).
 TASK_REPLY = RecordCodec("qBdq", 1)
 
 #: Controller to client, task results: fields ``(taskid, state code, status code or -1,
 #: engine id or -1, submitted, started, completed, duration, attempts, recovered)``, times
 #: NaN when unknown; one group: the outcome's frames, ``[type name, message]`` in UTF-8, or
-#: ``None`` while unfinished.
+#: ``None`` while unfinished (or for a large result, which travels apart).
 TASK_RESULT = RecordCodec("qBbqddddII", 1)
 
 
@@ -154,7 +154,7 @@ def pack_results(records: Sequence[dict[str, Any] | None]) -> Frames:
         value = record["value"]
         if status == "error":
             group: Frames | None = [str(value[0]).encode(), str(value[1]).encode()]
-        elif status in ("ok", "raised"):
+        elif status in ("ok", "raised") and value is not None:
             group = list(value)
         else:
             group = None

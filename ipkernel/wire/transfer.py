@@ -72,6 +72,7 @@ __all__ = [
     "RelayedPayload",
     "SharedPayload",
     "StreamTable",
+    "allocate_part",
     "find_payloads",
     "stream_stats",
     "transport_mode",
@@ -170,6 +171,12 @@ def _allocate(n: int) -> Any:
                 pass  # no transparent huge pages here: 4 KiB pages then
         return part
     return bytearray(n)
+
+
+def allocate_part(n: int) -> Any:
+    """A zeroed writable buffer of ``n`` bytes to receive a payload's part into (an
+    anonymous mapping for large parts, a ``bytearray`` for small ones)."""
+    return _allocate(n)
 
 
 _populate_works = True
@@ -419,6 +426,11 @@ class RelayedPayload(Jellyable):
         self._relay = relay
         self.nbytes = relay.total
         weakref.finalize(self, relay.orphaned).atexit = False
+
+    @property
+    def relay(self) -> _Relay:
+        """The stream behind this payload (for a sink that keeps it, :mod:`ipkernel.wire.kept`)."""
+        return self._relay
 
     def jellyFor(self, jellier: Any) -> Any:  # noqa: N802 - jelly's name
         table = _table_of(jellier)

@@ -1,0 +1,123 @@
+"""How a Task client sends large task bodies and takes large results.
+
+A task body (or a result) of :data:`~ipkernel.wire.transfer.INLINE_LIMIT` bytes or more
+does not travel inside the packed message of its batch: the record's frames are ``None``
+and the payload rides along in a dict ``{record index: payload}``, so its arrays go as
+out-of-band buffers, streamed in chunks or through shared memory. The controller keeps
+such payloads (:mod:`ipkernel.wire.kept`) until an engine runs the task, or until the
+result is cleared.
+
+Shared memory is used when the controller runs on this host as this user and both sides
+can open each other's segments; :meth:`TaskPayloads.negotiate` finds out once per
+connection, exchanging probes (:func:`ipkernel.shm.local_probe`). ``transport='stream'``
+(or ``IPKERNEL_TRANSPORT=stream``) always streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+
+from ipkernel import shm
+from ipkernel.errors import IPKernelError, SharedMemoryError
+from ipkernel.serialization import Serialized
+from ipkernel.wire.records import unpack_results
+from ipkernel.wire.transfer import (
+    OutgoingPayload,
+    ReceivedPayload,
+    SharedPayload,
+    transport_mode,
+    when_received,
+)
+
+__all__ = ["TaskPayloads"]
+
+
+class TaskPayloads:
+    """One Task client's payload policy (see the module docstring).
+
+    :param transport: ``'auto'`` or ``'stream'``; default ``$IPKERNEL_TRANSPORT``.
+    """
+
+    def __init__(self, transport: str | None = None) -> None:
+        self.transport = transport_mode(transport)
+        #: True once :meth:`negotiate` found that the controller and this process can
+        #: open each other's segments.
+        self.share = False
+
+    @inlineCallbacks
+    def negotiate(self, call: Callable[..., Deferred]):
+        """Find out whether payloads may go through shared memory; fires with :attr:`share`.
+
+        ``call(method, *args)`` calls the controller. Asks ``shm_probe`` with this
+        process's probe; the controller answers with its own probe if it could open this
+        one (else ``None``), and this side checks that it can open the controller's.
+        """
+        probe = shm.local_probe() if self.transport == "auto" else None
+        if probe is None:
+            return False
+        answer = yield call("shm_probe", probe.to_wire())
+        try:
+            theirs = None if answer is None else shm.Handle.from_wire(answer)
+        except ValueError:
+            theirs = None
+        self.share = (
+            theirs is not None and theirs.host == shm.host_identity() and shm.can_open(theirs)
+        )
+        return self.share
+
+    # Bodies, out.
+
+    def pack(self, serialized: Serialized) -> Any:
+        """A payload object carrying ``serialized`` to the controller."""
+        if self.share:
+            try:
+                return SharedPayload.write(serialized)
+            except SharedMemoryError:
+                self.share = False
+        return OutgoingPayload(serialized)
+
+    @staticmethod
+    def sent(result: object, payloads: list[Any]) -> object:
+        """The ``run_tasks`` call that carried ``payloads`` is answered: close their
+        segments (the controller has its own descriptors) and end streams still running.
+        Returns ``result`` unchanged (a callback for both outcomes)."""
+        for payload in payloads:
+            if isinstance(payload, SharedPayload):
+                payload.close()
+            elif isinstance(payload, OutgoingPayload):
+                payload.cancel("the controller answered before the payload was sent")
+        return result
+
+    # Results, in.
+
+    def fetch_options(self) -> dict | None:
+        """Options for ``get_task_result(s)``: ask for large results through shared
+        memory when it works with this controller."""
+        return {"shm": True} if self.share else None
+
+    @staticmethod
+    def results(answer: object) -> Deferred | list:
+        """An answer ``[packed results, {index: payload}]`` to the list of records, each
+        record's ``value`` being the payload of its index where one came; fires once every
+        streamed payload has arrived (a payload that did not arrive fails its task's
+        result, not the call).
+
+        :raises IPKernelError: for an answer of another shape.
+        """
+        if not isinstance(answer, (list, tuple)) or len(answer) != 2:
+            raise IPKernelError("the controller answered with malformed task results")
+        packed, payloads = answer
+        records = unpack_results(packed)
+        if not isinstance(payloads, dict):
+            raise IPKernelError("the controller answered with malformed task results")
+        for index, payload in payloads.items():
+            if isinstance(index, int) and 0 <= index < len(records) and records[index]:
+                records[index]["value"] = payload  # type: ignore[index]
+        arriving = [p for p in payloads.values() if isinstance(p, ReceivedPayload)]
+        if not arriving:
+            return records
+        # deserialize() raises the TransferError of a payload that did not arrive.
+        return when_received(arriving).addBoth(lambda _: records)
