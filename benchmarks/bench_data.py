@@ -15,7 +15,9 @@ on a local ``ipcluster -n 2``:
   client's blocking ``execute('a=1')`` on the other engine, idle and while the 1 GB
   transfer runs (``..._p90_ms``: 90th percentile);
 - ``two_pushes_MBps``: two 100 MB pushes started together, one to each engine, each one's
-  throughput (fair sharing: about equal).
+  throughput (fair sharing: about equal);
+- ``task_100MB_round_trip_s``: a ``MapTask`` whose argument is a 100 MB array and which
+  returns it, submitted and its result fetched (median).
 
 Measured in the same run, as floors: ``raw_tls_MBps`` (TLS loopback between two
 processes with Python's ``ssl``, 1 MiB writes, the certificate kind ipkernel uses),
@@ -32,6 +34,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import socket
 import ssl
 import statistics
@@ -207,6 +210,7 @@ class LatencyProbe:
     def finish(self) -> dict:
         self.stop_file.touch()
         out, _ = self.proc.communicate(timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
         return json.loads(out)
 
 
@@ -230,6 +234,34 @@ def two_pushes(mec, arr) -> list[int]:
         rates.append([round(arr.nbytes / MB / (done[i] - start)) for i in (0, 1)])
     rates.sort(key=lambda pair: sum(pair))
     return rates[1]
+
+
+def _identity(x):
+    return x
+
+
+def task_round_trip(cluster: LocalCluster, transport: str, arr) -> float:
+    """Median seconds of a MapTask taking ``arr`` and returning it, submitted and its
+    result fetched (the controller keeps both: cleared after each run)."""
+    import numpy as np
+
+    from ipkernel import client
+
+    tc = client.TaskClient(cluster.tc_furl, transport=transport)
+
+    def once() -> None:
+        tid = tc.run(client.MapTask(_identity, args=(arr,)))
+        tr = tc.get_task_result(tid, block=True)
+        assert tr.result.nbytes == arr.nbytes
+        tc.clear()
+
+    once()
+    tid = tc.run(client.MapTask(_identity, args=(arr,)))
+    assert np.array_equal(tc.get_task_result(tid, block=True).result, arr)
+    tc.clear()
+    seconds = _median_time(once, 5)
+    tc.close()
+    return round(seconds, 4)
 
 
 def bench_path(cluster: LocalCluster, transport: str, quick: bool) -> dict:
@@ -260,6 +292,7 @@ def bench_path(cluster: LocalCluster, transport: str, quick: bool) -> dict:
     mec.execute("x = s = None")
     figures["controller_rss_after_MiB"] = round(rss_mib(pid), 1)
     figures["two_pushes_MBps"] = two_pushes(mec, arr)
+    figures["task_100MB_round_trip_s"] = task_round_trip(cluster, transport, arr)
 
     probe = LatencyProbe(cluster)
     time.sleep(0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from socket import IPPROTO_TCP, TCP_CORK
 
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -52,6 +53,28 @@ class BufferedCollector(Collector):
         self.calls += 1
 
 
+class HeaderThenData(Collector):
+    """Takes a 3-byte header into a scratch buffer, then the data straight into place."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.scratch = bytearray(64 * 1024)
+        self.header = bytearray()
+        self.buffer = bytearray(size)
+        self.filled = 0
+
+    def get_buffer(self, hint: int) -> memoryview:
+        if len(self.header) < 3 or self.filled == len(self.buffer):
+            return memoryview(self.scratch)
+        return memoryview(self.buffer)[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if len(self.header) < 3 or self.filled == len(self.buffer):
+            self.header += self.scratch[:nbytes]
+        else:
+            self.filled += nbytes
+
+
 class Factory(protocol.ClientFactory):
     def __init__(self, make) -> None:
         self.make = make
@@ -98,6 +121,29 @@ class TLSTests(TestCase):
         self.assertEqual(bytes(server.buffer[:total]), b"hello " + big + b"!")
         server.transport.write(b"back")
         yield poll(lambda: bytes(client.data) == b"back", "the answer")
+        client.transport.loseConnection()
+        yield client.lost
+        yield server.lost
+
+    @inlineCallbacks
+    def test_each_record_is_delivered_before_the_next_read(self):
+        """A buffered protocol gets each record as it is read, so it can put the next
+        bytes elsewhere: the data after a header lands in place, none of it in the
+        scratch buffer the header went to. A large write leaves the socket uncorked."""
+        size = 256 * 8000
+        servers, port = self.listen(lambda: HeaderThenData(size))
+        clients = Factory(Collector)
+        connect_tls(reactor, "127.0.0.1", port, clients, IDENTITY.fingerprint)
+        yield poll(lambda: clients.built and servers.built, "both sides")
+        client = yield clients.built[0].connected_d
+        server = yield servers.built[0].connected_d
+        data = bytes(range(256)) * (size // 256)
+        client.transport.writeSequence([b"HDR", memoryview(data)])
+        self.assertEqual(client.transport.socket.getsockopt(IPPROTO_TCP, TCP_CORK), 0)
+        yield poll(lambda: server.filled == size, "the data to arrive")
+        self.assertEqual(bytes(server.header), b"HDR")
+        self.assertEqual(bytes(server.buffer), data)
+        self.assertEqual(client.transport.socket.getsockopt(IPPROTO_TCP, TCP_CORK), 0)
         client.transport.loseConnection()
         yield client.lost
         yield server.lost

@@ -16,12 +16,16 @@ its buffers. Here:
 
 - a write of any size is queued as it is (a ``memoryview`` of a numpy array included,
   never joined) and encrypted straight from the caller's buffer when the socket can take
-  it;
+  it; while a large write goes out the socket is corked (``TCP_CORK``), so that the
+  kernel sends the 16 KiB records OpenSSL writes one by one as full-sized segments, and
+  uncorked before the transport returns to the reactor, so nothing waits in the kernel;
 - reading decrypts straight into a buffer: the protocol's own when it offers one
   (``get_buffer(hint)`` / ``buffer_updated(nbytes)``, as asyncio's buffered protocols do;
   the PB broker hands out the destination of a large payload chunk, so the bytes land
   where they belong with no intermediate copy), otherwise a scratch buffer whose
-  contents go to ``dataReceived``.
+  contents go to ``dataReceived``. Each record (at most 16 KiB) is delivered as soon as
+  it is read, so the protocol chooses where every record goes: the data after a chunk's
+  header never passes through the scratch buffer.
 
 Pinning: the connecting side accepts no certificate authority and no host name. After the
 handshake (which proves that the server holds the private key of the certificate it
@@ -66,6 +70,10 @@ _READ_BUDGET = 256 * 1024
 _WRITE_BUDGET = 512 * 1024
 # Most plaintext handed to SSL_write at once.
 _WRITE_PIECE = 1024 * 1024
+
+# Writes at least this large are corked (see _TLSMixin._send_queued).
+_CORK_FROM = 64 * 1024
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 _OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | getattr(ssl, "OP_NO_RENEGOTIATION", 0)
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
@@ -153,6 +161,7 @@ class _TLSMixin:
         self._queued = 0
         self._scratch: memoryview | None = None
         self._read_wants_write = False
+        self._corkable = _TCP_CORK is not None
         # With windowed acknowledgements, Nagle plus delayed ACK would stall streams.
         try:
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -201,47 +210,48 @@ class _TLSMixin:
         while True:
             if buffered:
                 buf = protocol.get_buffer(-1)
+                if not len(buf):
+                    _log.error("get_buffer() gave an empty buffer: dropping the connection")
+                    return main.CONNECTION_LOST
             else:
                 if self._scratch is None:
                     self._scratch = memoryview(bytearray(_SCRATCH))
                 buf = self._scratch
-            size = len(buf)
-            filled = 0
+            n = 0
             result = None
             try:
-                # One record (at most 16 KiB) per call: fill the buffer, then deliver.
-                while filled < size:
-                    n = sock.recv_into(buf[filled:] if filled else buf, size - filled)
-                    if not n:
-                        result = main.CONNECTION_DONE
-                        break
-                    filled += n
+                # At most one record (16 KiB), delivered at once: the protocol may want
+                # the next bytes somewhere else (a stream chunk's header is followed by
+                # its data, which goes straight into place).
+                n = sock.recv_into(buf)
+                if not n:
+                    result = main.CONNECTION_DONE
             except ssl.SSLWantReadError:
-                pass
+                return None
             except ssl.SSLWantWriteError:
                 self._read_wants_write = True
                 self.startWriting()  # type: ignore[attr-defined]
+                return None
             except ssl.SSLZeroReturnError:
                 result = main.CONNECTION_DONE  # the peer's close_notify
             except ssl.SSLError as exc:
                 _log.info("TLS error: {error}", error=str(exc))
                 result = main.CONNECTION_LOST
             except OSError as exc:
-                if exc.errno not in _WOULD_BLOCK:
-                    result = main.CONNECTION_LOST
-            if filled:
+                if exc.errno in _WOULD_BLOCK:
+                    return None
+                result = main.CONNECTION_LOST
+            if n:
                 if buffered:
-                    protocol.buffer_updated(filled)
+                    protocol.buffer_updated(n)
                 else:
-                    protocol.dataReceived(bytes(buf[:filled]))
+                    protocol.dataReceived(bytes(buf[:n]))
             if result is not None:
                 return result
             if self.disconnected or self.protocol is not protocol:
                 return None
-            budget -= filled
+            budget -= n
             # Decrypted bytes OpenSSL still holds never wake the reactor: take them now.
-            if filled < size and not sock.pending():
-                return None
             if budget <= 0 and not sock.pending():
                 return None
 
@@ -293,6 +303,25 @@ class _TLSMixin:
 
         Returns None, or ``CONNECTION_LOST`` if the connection failed.
         """
+        # OpenSSL writes each record (16 KiB) to the kernel by itself. Corked, the kernel
+        # packs them into full-sized segments: several times fewer packets, and
+        # acknowledgements, for both ends to process. Uncorking sends the rest at once.
+        cork = self._corkable and self._queued >= _CORK_FROM
+        if cork:
+            self._cork(True)
+        try:
+            return self._send_some()
+        finally:
+            if cork:
+                self._cork(False)
+
+    def _cork(self, on: bool) -> None:
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, on)
+        except OSError:
+            self._corkable = False
+
+    def _send_some(self) -> Any:
         sock = self.socket
         queue = self._queue
         budget = _WRITE_BUDGET
