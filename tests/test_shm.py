@@ -188,6 +188,20 @@ class SegmentTests(SynchronousTestCase):
             self.assertLess(time.monotonic(), deadline, "the segment is still held")
             time.sleep(0.01)
 
+    def test_segments_dropped_at_exit_do_not_hang_the_process(self) -> None:
+        """A program that ends holding large segments and mappings exits at once: what
+        is dropped while the interpreter shuts down is freed there, not handed to a
+        thread that can no longer start."""
+        code = (
+            "import numpy as np\n"
+            "from ipkernel import shm\n"
+            "data = np.ones(5_000_000)\n"
+            "segment = shm.Segment.write([data])\n"
+            "view = shm.map_parts(segment.handle, segment.offsets, [data.nbytes])[0]\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+
     def test_keeper_release_and_close_all(self) -> None:
         """A keeper holds segments until released (by token) or closed all at once."""
         keeper = shm.SegmentKeeper()
