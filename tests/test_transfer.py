@@ -19,9 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ipkernel.errors import SerializationError, TransferError
 from ipkernel.serialization import deserialize, dump
-from ipkernel.wire import transfer
+from ipkernel.wire import streams
 from ipkernel.wire.broker import Broker, ClientFactory, ServerFactory
-from ipkernel.wire.transfer import OutgoingPayload, ReceivedPayload, RelayedPayload
+from ipkernel.wire.streams import OutgoingPayload, ReceivedPayload, RelayedPayload
 
 
 class Refused(pb.Error):
@@ -126,16 +126,16 @@ def array(nbytes: int, seed: int = 0) -> np.ndarray:
 class StreamTests(SynchronousTestCase):
     def setUp(self) -> None:
         # Small chunks and windows, so that a few hundred kilobytes exercise everything.
-        self.patch(transfer, "CHUNK", 16 * 1024)
-        self.patch(transfer, "ACK_EVERY", 16 * 1024)
-        self.patch(transfer, "WINDOW", 64 * 1024)
-        self.patch(transfer, "FIRST_CREDIT", 16 * 1024)
-        self.patch(transfer, "RELAY_BUDGET", 128 * 1024)
+        self.patch(streams, "CHUNK", 16 * 1024)
+        self.patch(streams, "ACK_EVERY", 16 * 1024)
+        self.patch(streams, "WINDOW", 64 * 1024)
+        self.patch(streams, "FIRST_CREDIT", 16 * 1024)
+        self.patch(streams, "RELAY_BUDGET", 128 * 1024)
 
     def chain(self) -> Chain:
         chain = Chain()
         for broker in (chain.client, chain.front, chain.back, chain.engine_broker):
-            broker.streams.window = transfer.WINDOW
+            broker.streams.window = streams.WINDOW
         return chain
 
     def test_push_through_the_relay(self) -> None:
@@ -152,7 +152,7 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 1)
         self.assertEqual(chain.controller.seen, [RelayedPayload])
         self.assertTrue(np.array_equal(chain.engine.taken[0]["a"], data))
-        self.assertLessEqual(chain.peak_held, transfer.WINDOW + transfer.CHUNK)
+        self.assertLessEqual(chain.peak_held, streams.WINDOW + streams.CHUNK)
         self.assertEqual(chain.streams_open(), 0)
         sent = payload.when_sent()
         self.successResultOf(sent)
@@ -238,7 +238,7 @@ class StreamTests(SynchronousTestCase):
         payload = OutgoingPayload(dump(array(1_000_000)))
         chain.remote.callRemote("push", payload)
         chain.flush()
-        self.assertLessEqual(chain.front.streams.stats()["held"], transfer.WINDOW)
+        self.assertLessEqual(chain.front.streams.stats()["held"], streams.WINDOW)
         self.assertNoResult(payload.when_sent())
         chain.controller.held.clear()
         gc.collect()
@@ -250,7 +250,7 @@ class StreamTests(SynchronousTestCase):
         """However many streams wait at the controller (their commands queued), what it
         holds stays within a small multiple of the relay budget, not a window each; and
         once released they all complete."""
-        self.patch(transfer, "WINDOW", 1024 * 1024)
+        self.patch(streams, "WINDOW", 1024 * 1024)
         chain = self.chain()
         chain.controller.hold = True
         payloads = [OutgoingPayload(dump(array(400_000, seed=i))) for i in range(12)]
@@ -259,8 +259,8 @@ class StreamTests(SynchronousTestCase):
         chain.flush()
         held = chain.front.streams.stats()["held"]
         self.assertGreater(held, 0)
-        self.assertLessEqual(held, 3 * transfer.RELAY_BUDGET)
-        self.assertLess(held, 12 * transfer.WINDOW // 4)
+        self.assertLessEqual(held, 3 * streams.RELAY_BUDGET)
+        self.assertLess(held, 12 * streams.WINDOW // 4)
         engine = chain.controller.engine
         done = [engine.callRemote("take", p) for p in chain.controller.held]
         chain.flush()

@@ -14,7 +14,7 @@ from ipkernel.controller.multiengine import CLIENT_COMMANDS
 from ipkernel.controller.registry import check_targets
 from ipkernel.interfaces.multiengine import IMultiEngine
 from ipkernel.wire.errors import WireError, to_wire
-from ipkernel.wire.transfer import stream_stats
+from ipkernel.wire.streams import stream_stats
 
 
 def _forward(method, *args) -> Deferred:

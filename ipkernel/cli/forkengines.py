@@ -47,6 +47,7 @@ _PRELOAD = (
     "ipkernel.serialization",
     "ipkernel.shm",
     "ipkernel.wire.connect",
+    "ipkernel.wire.streams",
     "ipkernel.wire.transfer",
 )
 

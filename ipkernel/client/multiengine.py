@@ -33,13 +33,8 @@ from ipkernel.errors import SerializationError, SharedMemoryError
 from ipkernel.security import KeyFile, read_key_file
 from ipkernel.serialization import Serialized, deserialize, deserialize_failure, dump
 from ipkernel.wire.connect import call_controller, login
-from ipkernel.wire.transfer import (
-    INLINE_LIMIT,
-    OutgoingPayload,
-    ReceivedPayload,
-    SharedPayload,
-    transport_mode,
-)
+from ipkernel.wire.streams import OutgoingPayload, ReceivedPayload
+from ipkernel.wire.transfer import INLINE_LIMIT, SharedPayload, transport_mode
 
 Targets = str | int | list[int]
 

@@ -24,13 +24,8 @@ from ipkernel import shm
 from ipkernel.errors import IPKernelError, SharedMemoryError
 from ipkernel.serialization import Serialized
 from ipkernel.wire.records import unpack_results
-from ipkernel.wire.transfer import (
-    OutgoingPayload,
-    ReceivedPayload,
-    SharedPayload,
-    transport_mode,
-    when_received,
-)
+from ipkernel.wire.streams import OutgoingPayload, ReceivedPayload
+from ipkernel.wire.transfer import SharedPayload, transport_mode, when_received
 
 __all__ = ["TaskPayloads"]
 

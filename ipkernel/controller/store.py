@@ -60,8 +60,10 @@ class HeldPayload(Protocol):
 
 def close_held(value: object) -> None:
     """Free ``value`` if it is a :class:`HeldPayload` (frames need nothing)."""
-    if value is not None and not isinstance(value, (list, tuple)) and isinstance(
-        value, HeldPayload
+    if (
+        value is not None
+        and not isinstance(value, (list, tuple))
+        and isinstance(value, HeldPayload)
     ):
         value.close()
 

@@ -26,7 +26,8 @@ from ipkernel.errors import KeyFileNotFound, TransferError
 from ipkernel.interfaces.engine import QUEUED_COMMANDS
 from ipkernel.security import read_key_file
 from ipkernel.wire.connect import login
-from ipkernel.wire.transfer import OutgoingPayload, find_payloads, when_received
+from ipkernel.wire.streams import OutgoingPayload
+from ipkernel.wire.transfer import find_payloads, when_received
 
 
 class EngineReference(pb.Referenceable):

@@ -36,7 +36,8 @@ from typing import Any
 
 from ipkernel.serialization import Serialized, deserialize, dump, serialize_failure
 from ipkernel.wire.records import STATUSES, TASK_REPLY, TASK_RUN, MalformedRecords
-from ipkernel.wire.transfer import INLINE_LIMIT, OutgoingPayload
+from ipkernel.wire.streams import OutgoingPayload
+from ipkernel.wire.transfer import INLINE_LIMIT
 
 __all__ = ["TaskRunner"]
 

@@ -5,6 +5,9 @@ linear-time Banana decoder with per-connection size limits, small until login);
 :mod:`ipkernel.wire.connect` dials the controller and logs in;
 :mod:`ipkernel.wire.errors` holds the errors of a whole remote call as they cross PB;
 :mod:`ipkernel.wire.tls` holds the TLS transports every connection runs on;
-:mod:`ipkernel.wire.transfer` moves large payloads: chunked streams with flow control
-(relayed by the controller), or shared-memory handles.
+:mod:`ipkernel.wire.transfer` chooses how a large payload travels and holds the
+shared-memory payloads; :mod:`ipkernel.wire.streams` moves the others in chunks with
+flow control (relayed by the controller); :mod:`ipkernel.wire.kept` holds what the
+controller keeps of them (task bodies and results); :mod:`ipkernel.wire.records` packs
+batches of small records.
 """

@@ -24,9 +24,9 @@ Per-connection limits
     gate has checked the peer's secret. ``banana.SIZE_LIMIT`` is never changed.
 
 Streams
-    Each broker owns a :class:`~ipkernel.wire.transfer.StreamTable`: large payloads cross
+    Each broker owns a :class:`~ipkernel.wire.streams.StreamTable`: large payloads cross
     as ``ipk_data`` / ``ipk_ack`` / ``ipk_abort`` messages beside the PB calls that name
-    them (see :mod:`ipkernel.wire.transfer`). They are accepted only after login. The
+    them (see :mod:`ipkernel.wire.streams`). They are accepted only after login. The
     server side of a connection (the controller) relays streams, the client side (clients
     and engines) receives them.
 
@@ -52,7 +52,7 @@ from twisted.python.reflect import fullyQualifiedName
 from twisted.spread import banana, jelly, pb
 from twisted.spread.banana import BananaError
 
-from ipkernel.wire.transfer import Landed, StreamTable
+from ipkernel.wire.streams import Landed, StreamTable
 
 __all__ = [
     "POST_AUTH_PENDING_LIMIT",
@@ -205,7 +205,7 @@ class Broker(pb.Broker):
         self.streams.connection_lost(f"the connection was lost ({reason.getErrorMessage()})")
         super().connectionLost(reason)
 
-    # Streams (ipkernel.wire.transfer)
+    # Streams (ipkernel.wire.streams)
 
     def proto_ipk_data(self, sid: object, offset: object, data: object) -> None:
         """A chunk of a stream the peer sends (``data``: bytes, or Landed in place)."""
