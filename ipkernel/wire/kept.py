@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from ipkernel import shm
 from ipkernel.errors import SerializationError, SharedMemoryError, TransferError
 from ipkernel.serialization import Serialized, read_header
-from ipkernel.wire.streams import OutgoingPayload, RelayedPayload, allocate_part
+from ipkernel.wire.streams import OutgoingPayload, RelayedPayload, allocate_part, fill_parts
 from ipkernel.wire.transfer import SharedPayload
 
 __all__ = ["KeptPayload", "keep", "keepable"]
@@ -206,17 +206,10 @@ class _StreamSink:
 
     def send(self, data: Any) -> None:
         view = memoryview(data).cast("B")
-        size, pos = view.nbytes, 0
-        lengths, parts = self._lengths, self._parts
-        while pos < size:
-            while self._filled == lengths[self._index]:  # skip finished (and empty) parts
-                self._index += 1
-                self._filled = 0
-            take = min(size - pos, lengths[self._index] - self._filled)
-            parts[self._index][self._filled : self._filled + take] = view[pos : pos + take]
-            self._filled += take
-            pos += take
-        self.sent += size
+        self._index, self._filled = fill_parts(
+            self._parts, self._lengths, self._index, self._filled, view
+        )
+        self.sent += view.nbytes
         if self.sent == self.total:
             self._complete()
 

@@ -65,6 +65,7 @@ __all__ = [
     "StreamTable",
     "allocate_part",
     "authenticated_table",
+    "fill_parts",
     "stream_stats",
     "tune_allocator",
 ]
@@ -156,6 +157,25 @@ def _populate(part: Any, start: int, length: int) -> None:
             part.madvise(_MADV_POPULATE_WRITE, start, min(length, len(part) - start))
         except (OSError, ValueError):
             _populate_works = False  # an older kernel: pages come as they are written
+
+
+def fill_parts(
+    parts: Sequence[Any], lengths: Sequence[int], index: int, filled: int, view: memoryview
+) -> tuple[int, int]:
+    """Copy ``view`` into ``parts`` (buffers of ``lengths``), starting in part ``index``
+    at offset ``filled`` and going on into the next parts (skipping full and empty ones);
+    return where the next byte goes, ``(index, filled)``. The caller checks that the
+    bytes fit."""
+    size, pos = view.nbytes, 0
+    while pos < size:
+        while filled == lengths[index]:
+            index += 1
+            filled = 0
+        take = min(size - pos, lengths[index] - filled)
+        parts[index][filled : filled + take] = view[pos : pos + take]
+        filled += take
+        pos += take
+    return index, filled
 
 
 class Landed:
@@ -332,18 +352,12 @@ class ReceivedPayload:
             if offset != self._received or size == 0 or self._received + size > self.nbytes:
                 self._fail(TransferError("a stream's chunks arrived out of order"), True)
                 return
-            view = memoryview(data)
-            pos = 0
-            parts, lengths = self._parts, self._lengths
-            while pos < size:
-                while self._filled == lengths[self._index]:  # skip finished (and empty) parts
-                    self._index += 1
-                    self._filled = 0
-                    self._populated = 0
-                take = min(size - pos, lengths[self._index] - self._filled)
-                parts[self._index][self._filled : self._filled + take] = view[pos : pos + take]
-                self._filled += take
-                pos += take
+            index = self._index
+            self._index, self._filled = fill_parts(
+                self._parts, self._lengths, index, self._filled, memoryview(data)
+            )
+            if self._index != index:
+                self._populated = 0
         self._received += size
         if self._received == self.nbytes:
             self._complete()
