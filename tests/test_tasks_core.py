@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 
+import numpy as np
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.test.iosim import connectedServerAndClient
@@ -24,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from ipkernel.adapters.gate import GateRoot
+from ipkernel.adapters.pb_engine import RemoteEngine
 from ipkernel.adapters.pb_task import task_avatar_factory
 from ipkernel.client.task import (
     AsyncTaskClient,
@@ -45,10 +47,19 @@ from ipkernel.errors import (
     EngineError,
     SerializationError,
     TaskAborted,
+    TransferError,
 )
 from ipkernel.interfaces.task import ITaskController
-from ipkernel.serialization import deserialize, deserialize_failure, serialize
+from ipkernel.serialization import (
+    Serialized,
+    deserialize,
+    deserialize_failure,
+    dump,
+    load,
+    serialize,
+)
 from ipkernel.wire.broker import ClientFactory, ServerFactory
+from ipkernel.wire.kept import KeptPayload
 from ipkernel.wire.records import (
     STATUSES,
     TASK_REPLY,
@@ -59,6 +70,7 @@ from ipkernel.wire.records import (
     pack_results,
     unpack_results,
 )
+from ipkernel.wire.streams import OutgoingPayload
 from tests.fakes import FakeEngine
 
 SECRET = "t" * 43
@@ -508,6 +520,34 @@ class HeldPayloadTests(SynchronousTestCase):
         rig.tasks.clear()
         self.assertTrue(result.closed)
 
+    def test_engine_adapter_sends_held_bodies_and_skips_freed_ones(self):
+        """The engine adapter turns held bodies into something sendable; a body freed
+        while its batch waited (its task aborted) is left out, for the engine to answer
+        for that task alone."""
+        sent = []
+
+        class Ref:
+            def notifyOnDisconnect(self, callback):
+                pass
+
+            def callRemote(self, name, command, args, options=None):
+                sent.append((command, args, options))
+                return succeed(("tasks", TASK_REPLY.pack([])))
+
+        ser = dump(np.ones(20_000))
+        live = KeptPayload(ser.header, ser.nbytes, parts=[bytes(p) for p in ser.parts])
+        freed = KeptPayload(ser.header, ser.nbytes, parts=[bytes(p) for p in ser.parts])
+        freed.close()
+        self.assertRaises(TransferError, freed.sendable, False)
+        engine = RemoteEngine(Ref(), {})  # no host identity: bodies stream
+        outcome = self.successResultOf(engine.call("run_task", [b"batch", {0: freed, 2: live}]))
+        self.assertEqual(outcome[0], "tasks")
+        [(command, args, options)] = sent
+        self.assertEqual(command, "run_task")
+        self.assertEqual(list(args[1]), [2])
+        self.assertIsInstance(args[1][2], OutgoingPayload)
+        self.assertIsNone(options)
+
 
 class FaultToleranceTests(SynchronousTestCase):
     def test_failed_attempts_are_retried_then_fail(self):
@@ -768,6 +808,27 @@ def stale_signal() -> str:
     return "still running"
 
 
+class StreamEverything:
+    """A payload policy that streams every large value (the engine's other choice being
+    shared memory); it records nothing else."""
+
+    def pack(self, serialized, options):
+        return OutgoingPayload(serialized)
+
+    def release(self, tokens):
+        return 0
+
+
+class BodyPayload:
+    """A received task body, as an engine gets one apart from its batch."""
+
+    def __init__(self, serialized) -> None:
+        self._serialized = serialized
+
+    def open(self):
+        return self._serialized.header, self._serialized.parts
+
+
 class EngineTaskTests(SynchronousTestCase):
     def make(self, **kwargs) -> EngineCore:
         return EngineCore(Interpreter(), Properties(kwargs.pop("properties", None)), **kwargs)
@@ -786,6 +847,35 @@ class EngineTaskTests(SynchronousTestCase):
         self.assertEqual(results[1][:3], (2, "ok", ({"c": 1}, 3)))
         self.assertEqual(results[2][:3], (3, "ok", ({"d": 1}, None)))
         self.assertEqual(sorted(core.interpreter.keys()), ["id", "mpi"])
+
+    def test_large_values_leave_apart_and_cannot_change_meanwhile(self):
+        """With a payload policy, a large body comes apart and large results leave apart
+        (by entry index); a streamed result of a task that is not the batch's last is a
+        copy, so a later task of the batch cannot change it before it is sent. A task
+        whose body is missing fails alone."""
+        policy = StreamEverything()
+        core = self.make(payloads=policy)
+        big = np.arange(100_000, dtype=np.float64)
+        body = task_to_wire(StringTask("a = b + 0", push={"b": big}, pull="a"))[0][1]
+        self.assertIsInstance(body, Serialized)  # large: the client sends it apart
+        first = task_to_wire(StringTask("a[:] = -1"))[0][1]
+        records = [
+            ((1, bytes(32)), (None, None)),
+            ((2, bytes(32)), (first, None)),
+            ((3, bytes(32)), (None, None)),
+        ]
+        outcome = self.successResultOf(
+            core.call("run_task", [TASK_RUN.pack(records), {0: BodyPayload(body)}])
+        )
+        self.assertEqual(outcome[0], "tasks")
+        entries = TASK_REPLY.unpack(outcome[1])
+        self.assertEqual([STATUSES[fields[1]] for fields, _ in entries], ["ok", "ok", "raised"])
+        self.assertIsNone(entries[0][1][0])  # apart, under its entry index
+        self.assertEqual(list(outcome[2]), [0])
+        sent = outcome[2][0].serialized
+        pulled, _ = load(sent.header, sent.parts)
+        np.testing.assert_array_equal(pulled["a"], big)  # not the -1 the next task wrote
+        self.assertIn("malformed frames", str(deserialize_failure(entries[2][1][0])))
 
     def test_a_failure_affects_only_its_task(self):
         """A task that raises comes back raised with its traceback; the next task runs."""

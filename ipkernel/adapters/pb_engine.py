@@ -25,6 +25,7 @@ from zope.interface import implementer
 from ipkernel import shm
 from ipkernel.controller.queue import error_outcome
 from ipkernel.controller.service import ControllerService
+from ipkernel.errors import TransferError
 from ipkernel.interfaces.engine import DIRECT_COMMANDS, QUEUED_COMMANDS, IEngine
 from ipkernel.wire import kept
 from ipkernel.wire.errors import WireError
@@ -96,7 +97,15 @@ class RemoteEngine:
     def _run_task(self, args: list, options: dict | None) -> Deferred:
         share = self.shares_memory()
         if len(args) == 2 and isinstance(args[1], dict):
-            args = [args[0], {i: body.sendable(share) for i, body in args[1].items()}]
+            bodies = {}
+            for index, body in args[1].items():
+                try:
+                    bodies[index] = body.sendable(share)
+                except TransferError:
+                    # Freed meanwhile (the task was aborted while its batch waited in the
+                    # queue): the engine answers for that task alone.
+                    continue
+            args = [args[0], bodies]
         probe = shm.local_probe() if share else None
         if probe is not None:
             options = dict(options or {}, reply_to=probe.to_wire())

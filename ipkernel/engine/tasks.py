@@ -116,16 +116,13 @@ class TaskRunner:
         is ``bodies[record index]``. Its ``ok`` value is ``(pulled names dict, return
         value)`` (``None`` for code), serialized.
 
-        :raises MalformedRecords: if ``message`` is not a packed batch, or a body is
-            neither in it nor in ``bodies``.
+        :raises MalformedRecords: if ``message`` is not a packed batch.
         """
         specs = []
         for index, (fields, groups) in enumerate(TASK_RUN.unpack(message)):
-            body = groups[0]
-            if body is None:
-                body = (bodies or {}).get(index)
-                if body is None:
-                    raise MalformedRecords(f"task {fields[0]} has no body")
+            # A body that came neither inline nor apart fails its own task (deserialize
+            # refuses None), unless the task was aborted, which it then most likely was.
+            body = groups[0] if groups[0] is not None else (bodies or {}).get(index)
             specs.append((fields[0], fields[1], body, groups[1]))
         self._options = options
         self._apart: dict[int, Any] = {}
