@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ipkernel.errors import SerializationError, TransferError
 from ipkernel.serialization import deserialize, dump
-from ipkernel.wire import streams
+from ipkernel.wire import broker as broker_module
+from ipkernel.wire import kept, streams
 from ipkernel.wire.broker import Broker, ClientFactory, ServerFactory
 from ipkernel.wire.streams import OutgoingPayload, ReceivedPayload, RelayedPayload
 
@@ -69,6 +70,19 @@ class Controller(pb.Referenceable):
 
     def remote_pull(self, *args: object) -> Deferred:
         return self.engine.callRemote("give", *args).addErrback(refused)
+
+    def remote_keep(self, payload: object) -> Deferred:
+        """Keep a payload here (as a task body is kept); fires with its size."""
+
+        def held(kept_payload: kept.KeptPayload) -> int:
+            self.kept = kept_payload
+            return kept_payload.nbytes
+
+        return kept.keep(payload).addCallbacks(held, refused)
+
+    def remote_send_kept(self) -> Deferred:
+        """Send the kept payload on to the engine, as a new stream."""
+        return self.engine.callRemote("take", self.kept.sendable(False)).addErrback(refused)
 
 
 def brokers() -> tuple[Broker, Broker]:
@@ -170,6 +184,38 @@ class StreamTests(SynchronousTestCase):
         self.assertTrue(np.array_equal(back["arr"], array(300_000, 1)))
         self.assertTrue(back["arr"].flags.writeable)
         self.assertEqual(chain.streams_open(), 0)
+
+    def test_kept_in_the_controller_and_sent_again(self) -> None:
+        """A stream kept whole in the controller (a task body) is decrypted into its own
+        buffers in place, chunk by chunk, and can be sent on, more than once."""
+        filled = []
+        self.patch(kept, "fill_parts", lambda *a: filled.append(a) or streams.fill_parts(*a))
+        self.patch(broker_module, "_DIRECT_MIN", 4096)  # this test's chunks are small
+        chain = self.chain()
+        # Bytes reach the controller in small reads, as TLS records do: a chunk's header
+        # comes before its data, which can then be put in place.
+        whole = chain.front.dataReceived
+
+        def in_pieces(data: bytes) -> None:
+            for start in range(0, len(data), 4096):
+                whole(data[start : start + 4096])
+
+        chain.front.dataReceived = in_pieces
+        data = array(1_000_000)
+        d = chain.remote.callRemote("keep", OutgoingPayload(dump({"a": data})))
+        chain.flush()
+        self.assertGreater(self.successResultOf(d), data.nbytes)
+        # Of 62 chunks only two are copied: the first, which spans two parts (the pickle
+        # stream and the array), and the last, too short to be put in place.
+        self.assertLessEqual(len(filled), 2)
+        for n in (1, 2):
+            d = chain.remote.callRemote("send_kept")
+            chain.flush()
+            self.assertEqual(self.successResultOf(d), n)
+            np.testing.assert_array_equal(chain.engine.taken[-1]["a"], data)
+        self.assertEqual(chain.streams_open(), 0)
+        chain.controller.kept.close()
+        self.assertRaises(TransferError, chain.controller.kept.sendable, False)
 
     def test_small_result_goes_inline(self) -> None:
         """Without a connection an outgoing payload is plain frames (jelly outside PB)."""

@@ -190,6 +190,7 @@ class _StreamSink:
             return
         self._index = 0
         self._filled = 0
+        self._landing: memoryview | None = None
         if relay.aborted is not None:
             self._fail(relay.aborted)
             return
@@ -204,11 +205,29 @@ class _StreamSink:
     def room(self) -> int:
         return 0 if self.finished else self.total - self.sent
 
+    def target(self, size: int) -> memoryview | None:
+        """Where the next chunk of ``size`` bytes goes, if it fits in one part: the relay
+        has the chunk decrypted there, and :meth:`send` then finds it in place."""
+        lengths = self._lengths
+        while self._index < len(lengths) and self._filled == lengths[self._index]:
+            self._index += 1
+            self._filled = 0
+        if self.finished or self._index == len(lengths):
+            return None
+        if self._filled + size > lengths[self._index]:
+            return None
+        self._landing = memoryview(self._parts[self._index])[self._filled : self._filled + size]
+        return self._landing
+
     def send(self, data: Any) -> None:
         view = memoryview(data).cast("B")
-        self._index, self._filled = fill_parts(
-            self._parts, self._lengths, self._index, self._filled, view
-        )
+        landing, self._landing = self._landing, None
+        if data is landing:
+            self._filled += view.nbytes  # decrypted in place (see target)
+        else:
+            self._index, self._filled = fill_parts(
+                self._parts, self._lengths, self._index, self._filled, view
+            )
         self.sent += view.nbytes
         if self.sent == self.total:
             self._complete()

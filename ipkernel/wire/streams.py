@@ -556,9 +556,16 @@ class _Relay:
             out.table.abort_after_start(out, reason)
 
     def target(self, offset: int, size: int) -> memoryview | None:
-        """A fresh buffer for a chunk of ``size`` bytes, forwarded once it is full."""
+        """A fresh buffer for a chunk of ``size`` bytes, forwarded once it is full; or,
+        when the stream is kept here (a sink with a ``target`` of its own), its place in
+        the sink's buffers."""
         if self.aborted is not None or offset != self.received or offset + size > self.granted:
             return None
+        in_place = getattr(self.sink, "target", None)
+        if in_place is not None and not self.queue:
+            view = in_place(size)
+            if view is not None:
+                return view
         return memoryview(bytearray(size))
 
     def data(self, offset: int, data: bytes | Landed) -> None:
