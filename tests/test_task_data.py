@@ -79,6 +79,15 @@ class TaskDataMixin:
         yield transfer_idle(mec)
 
     @inlineCallbacks
+    def test_map_over_large_items(self):
+        """``map`` sends its chunks without waiting for each to be accepted and then asks
+        for their results: large chunks still streaming must not make those unknown."""
+        cluster, mec, tc = yield self.start()
+        items = [np.full(2 * MB // 8, float(i)) for i in range(6)]
+        sums = yield tc.map(np.sum, items, chunksize=1)
+        self.assertEqual(sums, [float(i) * (2 * MB // 8) for i in range(6)])
+
+    @inlineCallbacks
     def test_clear_frees_kept_results(self):
         """The controller keeps large results until clear(): then its memory and the
         segments it held go."""

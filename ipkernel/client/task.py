@@ -191,6 +191,8 @@ class AsyncTaskClient:
         self._outgoing: list[tuple[int, list, Deferred | None]] = []
         self._flush_scheduled = False
         self._unacked: set[Deferred] = set()
+        # The batches with large bodies not answered yet.
+        self._with_bodies: set[Deferred] = set()
         self._rejected: dict[int, BaseException] = {}
 
     @classmethod
@@ -217,10 +219,20 @@ class AsyncTaskClient:
 
     # Plumbing.
 
-    def _remote(self, method: str, *args: Any) -> Deferred:
-        # Tasks submitted before this call must reach the controller before it.
+    def _remote(self, method: str, *args: Any, about: Sequence[int] = ()) -> Deferred:
+        """Call the controller after the tasks submitted so far; fail instead with the
+        controller's refusal of any task named in ``about``."""
+        # Tasks submitted before this call must reach the controller before it. A batch
+        # with large bodies is accepted only once they have arrived, after later calls
+        # may have: such calls wait for its answer.
         self._flush()
-        return self._call_remote(method, *args)
+
+        def call(_: object = None) -> Deferred:
+            return self._refusal(about) or self._call_remote(method, *args)
+
+        if not self._with_bodies:
+            return call()
+        return gatherResults(list(self._with_bodies), consumeErrors=True).addBoth(call)
 
     def _call_remote(self, method: str, *args: Any) -> Deferred:
         return call_controller(self._avatar, self.source, method, *args)
@@ -320,6 +332,8 @@ class AsyncTaskClient:
         if payloads:
             # Once answered, the controller holds every body (or has refused it).
             d.addBoth(self._payloads.sent, list(payloads.values()))
+            self._with_bodies.add(d)
+            d.addBoth(lambda result: self._with_bodies.discard(d) or result)
         self._unacked.add(d)
 
         def answered(refused: list) -> None:
@@ -359,10 +373,8 @@ class AsyncTaskClient:
         """Fires with the :class:`TaskResult` of ``taskid``, or ``None`` if it is not
         finished and ``block`` is false. ``IndexError`` for an unknown id."""
         taskid = _one_id(taskid)
-        refused = self._refusal([taskid])
-        if refused is not None:
-            return refused
-        d = self._remote("get_task_result", taskid, bool(block), self._payloads.fetch_options())
+        options = self._payloads.fetch_options()
+        d = self._remote("get_task_result", taskid, bool(block), options, about=[taskid])
         d.addCallback(self._payloads.results)
         return d.addCallback(
             lambda records: None if records[0] is None else TaskResult.from_wire(records[0])
@@ -371,16 +383,15 @@ class AsyncTaskClient:
     def get_task_results(self, taskids: Sequence[int], block: bool = False) -> Deferred:
         """Like :meth:`get_task_result` for several ids, in few round trips: a list."""
         taskids = _id_list(taskids)
-        refused = self._refusal(taskids)
-        if refused is not None:
-            return refused
         # Groups small enough that one answer stays well under the broker's size limit.
         options = self._payloads.fetch_options()
+        step = RESULTS_PER_CALL
+        groups = [taskids[i : i + step] for i in range(0, len(taskids), step)]
         calls = [
-            self._remote(
-                "get_task_results", taskids[i : i + RESULTS_PER_CALL], bool(block), options
-            ).addCallback(self._payloads.results)
-            for i in range(0, len(taskids), RESULTS_PER_CALL)
+            self._remote("get_task_results", group, bool(block), options, about=group).addCallback(
+                self._payloads.results
+            )
+            for group in groups
         ]
         d = gatherResults(calls, consumeErrors=True)
         d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, FirstError) else f)
@@ -393,7 +404,7 @@ class AsyncTaskClient:
     def barrier(self, taskids: int | Sequence[int]) -> Deferred:
         """Fires with ``None`` once every task named is finished (failed ones included)."""
         taskids = _id_list(taskids)
-        return self._refusal(taskids) or self._remote("barrier", taskids)
+        return self._remote("barrier", taskids, about=taskids)
 
     def abort(self, taskid: int) -> Deferred:
         """Cancel a queued or running task; it finishes failed with ``TaskAborted``.
@@ -402,7 +413,7 @@ class AsyncTaskClient:
         ``IndexError`` ("task ... already completed") for a finished task.
         """
         taskid = _one_id(taskid)
-        return self._refusal([taskid]) or self._remote("abort", taskid)
+        return self._remote("abort", taskid, about=[taskid])
 
     def queue_status(self, verbose: bool = False) -> Deferred:
         """Fires with ``{'scheduled', 'pending', 'succeeded', 'failed'}``: counts, or with
