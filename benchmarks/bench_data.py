@@ -37,7 +37,6 @@ import platform
 import shutil
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,19 +46,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _cluster import LocalCluster  # noqa: E402
+from _cluster import LocalCluster, median_time  # noqa: E402
 
 MB = 1_000_000
 MiB = 2**20
-
-
-def _median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # Floors
@@ -128,8 +118,8 @@ def memcpy_mbps() -> tuple[float, float]:
     src = np.ones(100 * MB // 8)
     dst = np.empty_like(src)
     dst[...] = src
-    warm = 100 / _median_time(lambda: np.copyto(dst, src), 9)
-    fresh = 100 / _median_time(lambda: src.copy(), 9)
+    warm = 100 / median_time(lambda: np.copyto(dst, src), 9, warmup=0)
+    fresh = 100 / median_time(lambda: src.copy(), 9, warmup=0)
     return warm, fresh
 
 
@@ -259,7 +249,7 @@ def task_round_trip(cluster: LocalCluster, transport: str, arr) -> float:
     tid = tc.run(client.MapTask(_identity, args=(arr,)))
     assert np.array_equal(tc.get_task_result(tid, block=True).result, arr)
     tc.clear()
-    seconds = _median_time(once, 5)
+    seconds = median_time(once, 5, warmup=0)
     tc.close()
     return round(seconds, 4)
 
@@ -281,11 +271,13 @@ def bench_path(cluster: LocalCluster, transport: str, quick: bool) -> dict:
     assert np.array_equal(back, arr)
     del back
     figures["push_100MB_MBps"] = round(
-        100 / _median_time(lambda: mec.push({"x": arr}, targets=0), 5)
+        100 / median_time(lambda: mec.push({"x": arr}, targets=0), 5, warmup=0)
     )
-    figures["pull_100MB_MBps"] = round(100 / _median_time(lambda: mec.pull("x", targets=0), 5))
-    figures["scatter_100MB_s"] = round(_median_time(lambda: mec.scatter("s", arr), 5), 4)
-    figures["gather_100MB_s"] = round(_median_time(lambda: mec.gather("s"), 5), 4)
+    figures["pull_100MB_MBps"] = round(
+        100 / median_time(lambda: mec.pull("x", targets=0), 5, warmup=0)
+    )
+    figures["scatter_100MB_s"] = round(median_time(lambda: mec.scatter("s", arr), 5, warmup=0), 4)
+    figures["gather_100MB_s"] = round(median_time(lambda: mec.gather("s"), 5, warmup=0), 4)
     for _ in range(3):
         mec.push({"x": arr}, targets=0)
         mec.pull("x", targets=0)
@@ -348,8 +340,10 @@ def main() -> None:
             figures[name] = bench_path(cluster, transport, quick)
         mec = client.MultiEngineClient(cluster.mec_furl)
         data = list(range(1_000_000))
-        figures["scatter_list_1M_s"] = round(_median_time(lambda: mec.scatter("l", data), 7), 4)
-        figures["gather_list_1M_s"] = round(_median_time(lambda: mec.gather("l"), 7), 4)
+        figures["scatter_list_1M_s"] = round(
+            median_time(lambda: mec.scatter("l", data), 7, warmup=0), 4
+        )
+        figures["gather_list_1M_s"] = round(median_time(lambda: mec.gather("l"), 7, warmup=0), 4)
         mec.close()
     figures["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     print(json.dumps(figures))

@@ -89,7 +89,28 @@ class ExitStatus:
         return "ended"
 
 
-class ChildProcess(ProcessProtocol):
+class _EndWatch:
+    """A process's end as seen from here: :attr:`status` once known, waiters until then."""
+
+    status: ExitStatus | None
+    _waiters: list[Deferred]
+
+    def when_ended(self) -> Deferred:
+        """A Deferred that fires with the :class:`ExitStatus` once the process has ended."""
+        if self.status is not None:
+            return defer.succeed(self.status)
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _record_end(self, status: ExitStatus) -> None:
+        self.status = status
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(status)
+
+
+class ChildProcess(_EndWatch, ProcessProtocol):
     """One child process started by ``ipcluster``: output to the cluster log, exit watched.
 
     ``role`` names it in the log and in messages (``"controller"``, ``"engine"``,
@@ -126,14 +147,6 @@ class ChildProcess(ProcessProtocol):
         """Whether the process was started and has not been seen to end."""
         return self.pid is not None and self.status is None
 
-    def when_ended(self) -> Deferred:
-        """A Deferred that fires with the :class:`ExitStatus` once the process has ended."""
-        if self.status is not None:
-            return defer.succeed(self.status)
-        d: Deferred = Deferred()
-        self._waiters.append(d)
-        return d
-
     def signal(self, name: str) -> bool:
         """Send ``SIG<name>`` (``"TERM"``, ``"KILL"``, ``"INT"``) by PID; False if it is gone."""
         if not self.running or self.transport is None:
@@ -167,11 +180,9 @@ class ChildProcess(ProcessProtocol):
             if rest:
                 self._line(rest)
             self._partial[fd] = b""
-        self.status = ExitStatus.from_failure(reason)
-        self._write(f"process {self.status.describe()}")
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(self.status)
+        status = ExitStatus.from_failure(reason)
+        self._write(f"process {status.describe()}")
+        self._record_end(status)
 
     def _line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
@@ -205,7 +216,7 @@ def process_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-class ForkedEngine:
+class ForkedEngine(_EndWatch):
     """An engine forked by ``python -m ipkernel.cli.forkengines``, known by its PID.
 
     It offers what :func:`terminate` and ``ipcluster`` use of a :class:`ChildProcess`
@@ -233,14 +244,6 @@ class ForkedEngine:
         """Whether the engine has not been seen to end."""
         return self.status is None
 
-    def when_ended(self) -> Deferred:
-        """A Deferred that fires with the :class:`ExitStatus` once the engine has ended."""
-        if self.status is not None:
-            return defer.succeed(self.status)
-        d: Deferred = Deferred()
-        self._waiters.append(d)
-        return d
-
     def signal(self, name: str) -> bool:
         """Send ``SIG<name>`` by PID; False if the engine is known to be gone."""
         if self.status is not None:
@@ -257,12 +260,8 @@ class ForkedEngine:
 
     def ended(self, status: ExitStatus) -> None:
         """Record the engine's end (from its parent's report)."""
-        if self.status is not None:
-            return
-        self.status = status
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(status)
+        if self.status is None:
+            self._record_end(status)
 
     def _watch_pid(self) -> None:
         if self.status is not None:

@@ -67,12 +67,9 @@ class TaskRunner:
         # SIGINTs sent to abort the running task and not yet handled.
         self._signals = 0
         self._verdicts: dict[bytes, tuple[int, bool]] = {}  # digest -> (version, verdict)
-        # The batch running (main thread): its options, the last task's id, the index of
-        # the entry being made, and the large values leaving apart by entry index.
+        # The batch running (main thread): its options and its last task's id.
         self._options: dict | None = None
         self._last: int | None = None
-        self._entry_index = 0
-        self._apart: dict[int, Any] = {}
 
     # The reactor thread's side.
 
@@ -125,7 +122,6 @@ class TaskRunner:
             body = groups[0] if groups[0] is not None else (bodies or {}).get(index)
             specs.append((fields[0], fields[1], body, groups[1]))
         self._options = options
-        self._apart: dict[int, Any] = {}
         self._last = specs[-1][0] if specs else None
         entries: list[tuple] = []
         in_main = threading.current_thread() is threading.main_thread()
@@ -136,7 +132,6 @@ class TaskRunner:
             while len(entries) < len(specs):
                 try:
                     for spec in specs[len(entries) :]:
-                        self._entry_index = len(entries)
                         entries.append(self._run_guarded(*spec))
                 except KeyboardInterrupt:
                     # Raised by an abort between the bookkeeping steps of a task rather
@@ -151,7 +146,12 @@ class TaskRunner:
             if in_main:
                 self._settle_signals()
                 signal.signal(signal.SIGINT, previous)
-        apart, self._apart = self._apart, {}
+        # A large value is a payload where frames would be: it leaves apart, by index.
+        apart = {}
+        for index, (fields, (value,)) in enumerate(entries):
+            if value is not None and not isinstance(value, list):
+                apart[index] = value
+                entries[index] = (fields, (None,))
         packed = TASK_REPLY.pack(entries)
         return ("tasks", packed, apart) if apart else ("tasks", packed)
 
@@ -204,7 +204,6 @@ class TaskRunner:
         except BaseException as exc:  # user code may raise anything, KeyboardInterrupt too
             if isinstance(exc, SystemExit):
                 exc = RuntimeError(f"user code called sys.exit({exc.code!r})")
-            self._apart.pop(self._entry_index, None)
             code, value = _RAISED, serialize_failure(exc, engine_id=self.core.id, method="task")
         finally:
             if isinstance(task, dict) and task.get("clear_after"):
@@ -230,9 +229,8 @@ class TaskRunner:
         results = dict(zip(names, interp.pull(list(names)), strict=True)) if names else {}
         return results, value
 
-    def _pack(self, taskid: int, serialized: Serialized) -> list[bytes] | None:
-        """Frames for a small value; a large one leaves apart (``None`` is its entry's
-        group, the payload goes in :attr:`_apart` under the entry's index)."""
+    def _pack(self, taskid: int, serialized: Serialized) -> Any:
+        """Frames for a small value; a payload for a large one (see :meth:`run`)."""
         payloads = self.core.payloads
         if payloads is None or serialized.nbytes < INLINE_LIMIT:
             return serialized.frames()
@@ -242,8 +240,7 @@ class TaskRunner:
             # later task of the batch cannot change them meanwhile.
             copies = [bytes(part) for part in serialized.parts]
             payload = OutgoingPayload(Serialized.from_parts(serialized.header, copies))
-        self._apart[self._entry_index] = payload
-        return None
+        return payload
 
     def _depend_allows(self, depend: Any, digest: bytes, version: int) -> bool:
         """Evaluate ``depend`` on a copy of the properties; an exception means False."""
