@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import struct
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -46,38 +45,23 @@ from typing import Any
 import cloudpickle
 
 from ipkernel.errors import RemoteError, SerializationError
+from ipkernel.frames import (
+    CHUNK_SIZE,
+    KIND_FAILURE,
+    KIND_OBJECT,
+    Serialized,
+    malformed,
+    read_header,
+)
 
 __all__ = [
-    "CHUNK_SIZE",
-    "Serialized",
     "deserialize",
     "deserialize_failure",
     "dump",
-    "frames_nbytes",
     "load",
-    "read_header",
     "serialize",
     "serialize_failure",
 ]
-
-#: The largest chunk of payload in one frame: small enough for the PB broker's string
-#: limit, large enough that per-frame overhead does not matter.
-CHUNK_SIZE = 512 * 1024
-
-_MAGIC = b"IPKF"
-_VERSION = 1
-_KIND_OBJECT = 0
-_KIND_FAILURE = 1
-_KIND_NAMES = {_KIND_OBJECT: "an object", _KIND_FAILURE: "a remote failure"}
-
-# magic, version, kind, two pad bytes, number of out-of-band buffers, pickle stream length;
-# then one unsigned 64-bit length per buffer.
-_HEAD = struct.Struct("<4sBBxxIQ")
-_LENGTH = struct.Struct("<Q")
-
-# A header is never this large in practice; the cap stops a forged buffer count from
-# making the receiver build a huge struct format before the size check.
-_MAX_BUFFERS = 1 << 24
 
 
 def _type_name(obj: object) -> str:
@@ -97,66 +81,6 @@ def _dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
     # raw() is a flat byte view of C- or Fortran-contiguous memory; numpy only hands out
     # contiguous buffers (it pickles other arrays in band).
     return stream.getvalue(), [buf.raw() for buf in buffers]
-
-
-class Serialized:
-    """An object as a header and its parts, the parts being views of the object's memory.
-
-    ``parts[0]`` is the pickle stream, ``parts[1:]`` the out-of-band buffers, each a flat
-    ``memoryview`` of bytes; ``header`` announces their lengths (see the module
-    docstring). Nothing is copied until :meth:`frames` is called or a transport sends the
-    parts, so the object's buffers must not change until then.
-    """
-
-    __slots__ = ("header", "kind", "lengths", "nbytes", "parts")
-
-    def __init__(self, kind: int, stream: bytes, buffers: list[memoryview]) -> None:
-        self.kind = kind
-        self.parts: list[memoryview] = [memoryview(stream), *buffers]
-        self.lengths: list[int] = [part.nbytes for part in self.parts]
-        #: The size of the payload: every part, header excluded.
-        self.nbytes: int = sum(self.lengths)
-        self.header: bytes = _HEAD.pack(
-            _MAGIC, _VERSION, kind, len(buffers), self.lengths[0]
-        ) + b"".join(_LENGTH.pack(n) for n in self.lengths[1:])
-
-    @classmethod
-    def from_parts(cls, header: bytes, parts: Sequence[Any]) -> Serialized:
-        """A payload from a header checked with :func:`read_header` and parts of the
-        lengths it announces (any buffers); nothing is copied or unpickled.
-
-        :raises SerializationError: if the parts do not match the header.
-        """
-        lengths = read_header(header)
-        views = [memoryview(part).cast("B") for part in parts]
-        if [view.nbytes for view in views] != lengths:
-            raise _malformed("the parts do not have the lengths the header announces")
-        self = cls.__new__(cls)
-        self.kind = _KIND_OBJECT
-        self.parts = views
-        self.lengths = lengths
-        self.nbytes = sum(lengths)
-        self.header = bytes(header)
-        return self
-
-    def frames(self) -> list[bytes]:
-        """The inline form: ``[header, chunk, chunk, ...]``, chunks of :data:`CHUNK_SIZE`."""
-        frames = [self.header]
-        pending: list[memoryview] = []  # pieces of the chunk being filled
-        room = CHUNK_SIZE
-        for part in self.parts:
-            offset, size = 0, part.nbytes
-            while offset < size:
-                take = min(room, size - offset)
-                pending.append(part[offset : offset + take])
-                offset += take
-                room -= take
-                if room == 0:
-                    frames.append(b"".join(pending))
-                    pending, room = [], CHUNK_SIZE
-        if pending:
-            frames.append(b"".join(pending))
-        return frames
 
 
 def _frame(kind: int, stream: bytes, buffers: list[memoryview]) -> list[bytes]:
@@ -181,7 +105,7 @@ def dump(obj: Any, name: str | None = None) -> Serialized:
             "plain data such as lists, dicts or arrays, or create the object where it is "
             "used (with execute())"
         ) from exc
-    return Serialized(_KIND_OBJECT, stream, buffers)
+    return Serialized(KIND_OBJECT, stream, buffers)
 
 
 def serialize(obj: Any, name: str | None = None) -> list[bytes]:
@@ -193,52 +117,10 @@ def serialize(obj: Any, name: str | None = None) -> list[bytes]:
     return dump(obj, name).frames()
 
 
-def frames_nbytes(frames: Sequence[bytes]) -> int:
-    """The total number of bytes in ``frames``, header included."""
-    return sum(len(frame) for frame in frames)
-
-
-def _malformed(reason: str) -> SerializationError:
-    return SerializationError(f"malformed frames: {reason}")
-
-
-def read_header(header: object, kind: int = _KIND_OBJECT) -> list[int]:
-    """Check a header made by this module; return the lengths of the parts it announces.
-
-    The first length is the pickle stream's, then one per out-of-band buffer. Nothing is
-    unpickled, so this may be called on untrusted bytes.
-
-    :param kind: what the payload must hold: 0 for an object, 1 for a remote failure.
-    :raises SerializationError: if ``header`` is not such a header, or is of another kind.
-    """
-    try:
-        view = memoryview(header).cast("B")  # type: ignore[arg-type]
-    except TypeError:
-        raise _malformed(f"the header is a {type(header).__name__}, not bytes")
-    if view.nbytes < _HEAD.size:
-        raise _malformed(f"the header has {view.nbytes} bytes, fewer than {_HEAD.size}")
-    magic, version, got_kind, nbuffers, stream_len = _HEAD.unpack_from(view)
-    if magic != _MAGIC:
-        raise _malformed("the header does not start with the ipkernel magic string")
-    if version != _VERSION:
-        raise _malformed(
-            f"format version {version}, but this side reads version {_VERSION}; "
-            "use the same ipkernel version on clients and engines"
-        )
-    if got_kind != kind:
-        raise _malformed(
-            f"they hold {_KIND_NAMES.get(got_kind, f'kind {got_kind}')}, "
-            f"expected {_KIND_NAMES[kind]}"
-        )
-    if nbuffers > _MAX_BUFFERS or view.nbytes != _HEAD.size + nbuffers * _LENGTH.size:
-        raise _malformed(f"the header's size does not match its {nbuffers} buffer lengths")
-    return [stream_len, *struct.unpack_from(f"<{nbuffers}Q", view, _HEAD.size)]
-
-
 def _unframe(frames: Sequence[bytes], kind: int) -> tuple[bytearray, list[bytearray]]:
     """Check ``frames`` against their header; return the pickle stream and the buffers."""
     if not isinstance(frames, (list, tuple)) or not frames:
-        raise _malformed(f"expected a non-empty list of bytes, got {type(frames).__name__}")
+        raise malformed(f"expected a non-empty list of bytes, got {type(frames).__name__}")
     lengths = read_header(frames[0], kind)
     total = sum(lengths)
 
@@ -247,7 +129,7 @@ def _unframe(frames: Sequence[bytes], kind: int) -> tuple[bytearray, list[bytear
     chunks = frames[1:]
     expected = -(-total // CHUNK_SIZE)
     if len(chunks) != expected:
-        raise _malformed(
+        raise malformed(
             f"the header announces {total} bytes in {expected} chunks, "
             f"but {len(chunks)} chunks came"
         )
@@ -256,10 +138,10 @@ def _unframe(frames: Sequence[bytes], kind: int) -> tuple[bytearray, list[bytear
         try:
             view = memoryview(chunk).cast("B")
         except TypeError:
-            raise _malformed(f"chunk {index} is a {type(chunk).__name__}, not bytes")
+            raise malformed(f"chunk {index} is a {type(chunk).__name__}, not bytes")
         want = CHUNK_SIZE if index < expected - 1 else total - CHUNK_SIZE * (expected - 1)
         if view.nbytes != want:
-            raise _malformed(f"chunk {index} has {view.nbytes} bytes, expected {want}")
+            raise malformed(f"chunk {index} has {view.nbytes} bytes, expected {want}")
         views.append(view)
 
     parts = [bytearray(n) for n in lengths]
@@ -298,11 +180,11 @@ def load(header: object, parts: Sequence[Any]) -> Any:
     """
     lengths = read_header(header)
     if len(parts) != len(lengths):
-        raise _malformed(f"the header announces {len(lengths)} parts, but {len(parts)} came")
+        raise malformed(f"the header announces {len(lengths)} parts, but {len(parts)} came")
     for index, (part, want) in enumerate(zip(parts, lengths, strict=True)):
         got = memoryview(part).nbytes
         if got != want:
-            raise _malformed(f"part {index} has {got} bytes, the header says {want}")
+            raise malformed(f"part {index} has {got} bytes, the header says {want}")
     return _loads(parts[0], parts[1:])
 
 
@@ -319,11 +201,11 @@ def deserialize(payload: Any) -> Any:
         A payload that did not arrive whole raises what its ``open()`` raises.
     """
     if isinstance(payload, (list, tuple)):
-        stream, buffers = _unframe(payload, _KIND_OBJECT)
+        stream, buffers = _unframe(payload, KIND_OBJECT)
         return _loads(stream, buffers)
     opener = getattr(payload, "open", None)
     if opener is None:
-        raise _malformed(f"expected a non-empty list of bytes, got {type(payload).__name__}")
+        raise malformed(f"expected a non-empty list of bytes, got {type(payload).__name__}")
     header, parts = opener()
     return load(header, parts)
 
@@ -380,7 +262,7 @@ def serialize_failure(exc: BaseException, *, engine_id: int | None, method: str)
         "exception": pickled,
     }
     # Every value in the record is a str, int, bytes or None: plain pickle cannot fail.
-    return _frame(_KIND_FAILURE, pickle.dumps(record, protocol=5), [])
+    return _frame(KIND_FAILURE, pickle.dumps(record, protocol=5), [])
 
 
 def deserialize_failure(frames: Sequence[bytes]) -> BaseException:
@@ -394,7 +276,7 @@ def deserialize_failure(frames: Sequence[bytes]) -> BaseException:
 
     :raises SerializationError: if the frames are malformed or are not a failure.
     """
-    stream, buffers = _unframe(frames, _KIND_FAILURE)
+    stream, buffers = _unframe(frames, KIND_FAILURE)
     try:
         record = pickle.loads(stream, buffers=buffers)
         type_name = record["type_name"]
@@ -404,7 +286,7 @@ def deserialize_failure(frames: Sequence[bytes]) -> BaseException:
         method = record["method"]
         pickled = record["exception"]
     except Exception as exc:
-        raise _malformed(f"the failure record cannot be read ({type(exc).__name__}: {exc})")
+        raise malformed(f"the failure record cannot be read ({type(exc).__name__}: {exc})")
 
     exc_obj: BaseException | None = None
     if pickled is not None:

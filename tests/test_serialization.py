@@ -12,11 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ipkernel import serialization
 from ipkernel.errors import RemoteError, SerializationError
+from ipkernel.frames import CHUNK_SIZE, frames_nbytes
 from ipkernel.serialization import (
-    CHUNK_SIZE,
     deserialize,
     deserialize_failure,
-    frames_nbytes,
     serialize,
     serialize_failure,
 )

@@ -49,18 +49,8 @@ from ipkernel.errors import (
     TaskAborted,
     TransferError,
 )
-from ipkernel.interfaces.task import ITaskController
-from ipkernel.serialization import (
-    Serialized,
-    deserialize,
-    deserialize_failure,
-    dump,
-    load,
-    serialize,
-)
-from ipkernel.wire.broker import ClientFactory, ServerFactory
-from ipkernel.wire.kept import KeptPayload
-from ipkernel.wire.records import (
+from ipkernel.frames import Serialized
+from ipkernel.interfaces.records import (
     STATUSES,
     TASK_REPLY,
     TASK_RUN,
@@ -70,6 +60,16 @@ from ipkernel.wire.records import (
     pack_results,
     unpack_results,
 )
+from ipkernel.interfaces.task import ITaskController
+from ipkernel.serialization import (
+    deserialize,
+    deserialize_failure,
+    dump,
+    load,
+    serialize,
+)
+from ipkernel.wire.broker import ClientFactory, ServerFactory
+from ipkernel.wire.kept import KeptPayload
 from ipkernel.wire.streams import OutgoingPayload
 from tests.fakes import FakeEngine
 

@@ -11,8 +11,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.spread import pb
 
 from ipkernel.controller.multiengine import CLIENT_COMMANDS
-from ipkernel.controller.registry import check_targets
-from ipkernel.interfaces.multiengine import IMultiEngine
+from ipkernel.interfaces.multiengine import IMultiEngine, check_targets
 from ipkernel.wire.errors import WireError, to_wire
 from ipkernel.wire.streams import stream_stats
 

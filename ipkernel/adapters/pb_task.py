@@ -11,7 +11,7 @@ it reserved (``reserve_ids``), so it knows each task's id without waiting for an
 and can send many tasks in one message (``run_tasks``); it cannot submit under an id it
 did not reserve.
 
-Batches of tasks and of results cross as packed messages (:mod:`ipkernel.wire.records`),
+Batches of tasks and of results cross as packed messages (:mod:`ipkernel.interfaces.records`),
 not as nested lists, which PB would encode element by element. Large task bodies and
 results ride along as payloads (``{record index: payload}``, the record's frames
 ``None``): the controller keeps them (:mod:`ipkernel.wire.kept`), a body once it has
@@ -27,9 +27,9 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.spread import pb
 
 from ipkernel import shm
+from ipkernel.interfaces.records import TASK_SUBMIT, MalformedRecords, pack_results
 from ipkernel.wire import kept
 from ipkernel.wire.errors import WireError, to_wire
-from ipkernel.wire.records import TASK_SUBMIT, MalformedRecords, pack_results
 
 #: Most ids one ``reserve_ids`` call may ask for.
 MAX_RESERVE = 1 << 16
@@ -98,7 +98,7 @@ class TaskAdapter(pb.Referenceable):
         return mine.to_wire() if self._share and mine is not None else None
 
     def remote_run_tasks(self, message: object, payloads: object = None) -> Deferred | list:
-        """Submit the tasks packed in ``message`` (:data:`~ipkernel.wire.records.TASK_SUBMIT`)
+        """Submit the tasks packed in ``message`` (:data:`~ipkernel.interfaces.records.TASK_SUBMIT`)
         under ids this client reserved; ``payloads`` maps record indexes to the large
         bodies sent apart (those records' bodies are ``None``).
 

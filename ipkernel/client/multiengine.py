@@ -28,10 +28,11 @@ from ipkernel import paths, shm
 from ipkernel.client.blocking import forwarded, get_bridge
 from ipkernel.client.partition import join, split
 from ipkernel.client.results import PendingResult, ResultList, outcomes_to_results
-from ipkernel.controller.registry import check_targets
 from ipkernel.errors import SerializationError, SharedMemoryError
+from ipkernel.frames import Serialized
+from ipkernel.interfaces.multiengine import check_targets
 from ipkernel.security import KeyFile, read_key_file
-from ipkernel.serialization import Serialized, deserialize, deserialize_failure, dump
+from ipkernel.serialization import deserialize, deserialize_failure, dump
 from ipkernel.wire.connect import call_controller, login
 from ipkernel.wire.streams import OutgoingPayload, ReceivedPayload
 from ipkernel.wire.transfer import INLINE_LIMIT, SharedPayload, transport_mode

@@ -67,14 +67,11 @@ from ipkernel.errors import (
     CompositeError,
     error_from_wire,
 )
+from ipkernel.frames import Serialized
+from ipkernel.interfaces.records import TASK_SUBMIT
 from ipkernel.security import KeyFile
-from ipkernel.serialization import (
-    Serialized,
-    deserialize_failure,
-    serialize_failure,
-)
+from ipkernel.serialization import deserialize_failure, serialize_failure
 from ipkernel.wire.connect import call_controller, login
-from ipkernel.wire.records import TASK_SUBMIT
 from ipkernel.wire.transfer import transport_mode
 
 __all__ = [

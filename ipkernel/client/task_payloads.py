@@ -22,8 +22,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from ipkernel import shm
 from ipkernel.errors import IPKernelError, SharedMemoryError
-from ipkernel.serialization import Serialized
-from ipkernel.wire.records import unpack_results
+from ipkernel.frames import Serialized
+from ipkernel.interfaces.records import unpack_results
 from ipkernel.wire.streams import OutgoingPayload, ReceivedPayload
 from ipkernel.wire.transfer import SharedPayload, transport_mode, when_received
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ipkernel.errors import IPKernelError, SerializationError, error_from_wire, format_error_line
+from ipkernel.frames import Serialized
 from ipkernel.serialization import (
-    Serialized,
     deserialize,
     deserialize_failure,
     dump,

@@ -14,6 +14,7 @@ from zope.interface.verify import verifyObject
 
 from ipkernel.errors import InvalidEngineID, NoEnginesRegistered
 from ipkernel.interfaces.engine import IEngine
+from ipkernel.interfaces.multiengine import check_targets
 
 Listener = Callable[[int], None]
 
@@ -105,20 +106,3 @@ class EngineRegistry:
         if unknown:
             raise InvalidEngineID(f"no engine with id {unknown[0]!r}; registered ids: {self.ids()}")
         return ids
-
-
-def check_targets(targets: object) -> list[int] | None:
-    """Validate a ``targets`` value; ``None`` stands for ``'all'``.
-
-    Raises ``ValueError`` naming the value unless it is ``'all'``, an int, or a list or
-    tuple of ints.
-    """
-    if targets == "all" and isinstance(targets, str):
-        return None
-    if isinstance(targets, int) and not isinstance(targets, bool):
-        return [targets]
-    if isinstance(targets, (list, tuple)) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in targets
-    ):
-        return list(targets)
-    raise ValueError(f"targets must be 'all', an engine id (int) or a list of ids, not {targets!r}")

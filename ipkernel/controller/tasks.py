@@ -16,7 +16,7 @@ Batches and load balancing
 --------------------------
 A controller-engine round trip costs far more than running a tiny task, so tasks go to
 an engine in batches: one ``run_task`` command carries up to ``slots_per_engine`` tasks
-and is answered with one entry per task (packed, see :mod:`ipkernel.wire.records`). While
+and is answered with one entry per task (packed, see :mod:`ipkernel.interfaces.records`). While
 an engine has a batch in flight the scheduler gives it nothing more
 (:class:`BatchScheduler`): nothing waits behind a running task on a busy engine while
 another engine is free. After every batch the size is set to::
@@ -86,8 +86,8 @@ from ipkernel.controller.store import (
     TaskSpec,
     close_held,
 )
+from ipkernel.interfaces.records import STATUSES, TASK_REPLY, TASK_RUN, MalformedRecords
 from ipkernel.interfaces.task import ITaskController
-from ipkernel.wire.records import STATUSES, TASK_REPLY, TASK_RUN, MalformedRecords
 
 __all__ = ["MAX_CHAIN", "BatchScheduler", "TaskController", "parse_task"]
 
@@ -894,7 +894,7 @@ _ERROR_CODE = STATUSES.index("error")
 
 
 def _parse_entry(entry: tuple) -> tuple[int, str, Any, float | None] | None:
-    """Check one unpacked :data:`~ipkernel.wire.records.TASK_REPLY` record; return
+    """Check one unpacked :data:`~ipkernel.interfaces.records.TASK_REPLY` record; return
     ``(taskid, status, value, seconds)`` or ``None`` if it makes no sense."""
     (sid, code, seconds, version), (group,) = entry
     if not 0 <= code < len(STATUSES) or seconds != seconds or seconds < 0:  # NaN, negative

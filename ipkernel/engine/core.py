@@ -25,8 +25,9 @@ from zope.interface import implementer
 from ipkernel.engine.interpreter import Interpreter
 from ipkernel.engine.properties import Properties
 from ipkernel.engine.tasks import TaskRunner
+from ipkernel.frames import Serialized
 from ipkernel.interfaces.engine import DIRECT_COMMANDS, QUEUED_COMMANDS, IEngine
-from ipkernel.serialization import Serialized, deserialize, dump, serialize, serialize_failure
+from ipkernel.serialization import deserialize, dump, serialize, serialize_failure
 
 Executor = Callable[..., Deferred]
 

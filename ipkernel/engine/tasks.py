@@ -1,9 +1,9 @@
 """TaskRunner: how an engine runs the task controller's batches (``run_task``).
 
-A batch is a packed message (:data:`ipkernel.wire.records.TASK_RUN`) of tasks, each with
+A batch is a packed message (:data:`ipkernel.interfaces.records.TASK_RUN`) of tasks, each with
 its body frames, its ``depend`` frames (or none) and the digest of those. The runner runs
 them in order, in the engine's main thread, against the engine's interpreter, and answers
-with one packed entry per task (:data:`ipkernel.wire.records.TASK_REPLY`): ``ok``,
+with one packed entry per task (:data:`ipkernel.interfaces.records.TASK_REPLY`): ``ok``,
 ``raised``, ``declined`` (``depend`` false or raising, with the properties version judged)
 or ``error`` (aborted before it started). One task's failure affects only itself.
 
@@ -34,8 +34,9 @@ import threading
 import time
 from typing import Any
 
-from ipkernel.serialization import Serialized, deserialize, dump, serialize_failure
-from ipkernel.wire.records import STATUSES, TASK_REPLY, TASK_RUN, MalformedRecords
+from ipkernel.frames import Serialized
+from ipkernel.interfaces.records import STATUSES, TASK_REPLY, TASK_RUN, MalformedRecords
+from ipkernel.serialization import deserialize, dump, serialize_failure
 from ipkernel.wire.streams import OutgoingPayload
 from ipkernel.wire.transfer import INLINE_LIMIT
 

@@ -19,7 +19,7 @@ tests it is an in-memory fake. Either way the controller never looks inside user
       ``type_name`` names a class in :mod:`ipkernel.errors`.
   ``("tasks", entries)``
       only from ``run_task(batch)``, which runs a batch of tasks for the task controller:
-      ``entries`` is one packed message (:data:`ipkernel.wire.records.TASK_REPLY`) with
+      ``entries`` is one packed message (:data:`ipkernel.interfaces.records.TASK_REPLY`) with
       one wire-safe entry per task, in order, so the controller reads each task's fate
       without unpickling anything: its status ``ok`` or ``raised`` (with frames, as
       above), ``declined`` (the task's ``depend`` function was false, or raised, for the

@@ -18,6 +18,23 @@ A failure on one engine is that engine's outcome and never disturbs the others.
 from zope.interface import Interface
 
 
+def check_targets(targets: object) -> list[int] | None:
+    """Validate a ``targets`` value; ``None`` stands for ``'all'``.
+
+    Raises ``ValueError`` naming the value unless it is ``'all'``, an int, or a list or
+    tuple of ints.
+    """
+    if targets == "all" and isinstance(targets, str):
+        return None
+    if isinstance(targets, int) and not isinstance(targets, bool):
+        return [targets]
+    if isinstance(targets, (list, tuple)) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in targets
+    ):
+        return list(targets)
+    raise ValueError(f"targets must be 'all', an engine id (int) or a list of ids, not {targets!r}")
+
+
 class IMultiEngine(Interface):
     """The MultiEngine service of one controller."""
 

@@ -8,6 +8,6 @@ linear-time Banana decoder with per-connection size limits, small until login);
 :mod:`ipkernel.wire.transfer` chooses how a large payload travels and holds the
 shared-memory payloads; :mod:`ipkernel.wire.streams` moves the others in chunks with
 flow control (relayed by the controller); :mod:`ipkernel.wire.kept` holds what the
-controller keeps of them (task bodies and results); :mod:`ipkernel.wire.records` packs
+controller keeps of them (task bodies and results); :mod:`ipkernel.interfaces.records` packs
 batches of small records.
 """

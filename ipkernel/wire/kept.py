@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 
 from ipkernel import shm
 from ipkernel.errors import SerializationError, SharedMemoryError, TransferError
-from ipkernel.serialization import Serialized, read_header
+from ipkernel.frames import Serialized, read_header
 from ipkernel.wire.streams import OutgoingPayload, RelayedPayload, allocate_part, fill_parts
 from ipkernel.wire.transfer import SharedPayload
 

@@ -47,7 +47,7 @@ from twisted.python.failure import Failure
 from twisted.spread.jelly import InsecureJelly, Jellyable, setUnjellyableForClass
 
 from ipkernel.errors import SerializationError, TransferError
-from ipkernel.serialization import Serialized, read_header
+from ipkernel.frames import Serialized, read_header
 
 if TYPE_CHECKING:
     from ipkernel.wire.transfer import SharedPayload

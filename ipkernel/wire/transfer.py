@@ -34,7 +34,7 @@ from twisted.spread.jelly import InsecureJelly, Jellyable, setUnjellyableForClas
 
 from ipkernel import shm
 from ipkernel.errors import SerializationError, SharedMemoryError
-from ipkernel.serialization import Serialized, read_header
+from ipkernel.frames import Serialized, read_header
 from ipkernel.wire.streams import OutgoingPayload, ReceivedPayload, authenticated_table
 
 __all__ = [
