@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ipkernel import shm
 from ipkernel.errors import SharedMemoryError
 from ipkernel.serialization import deserialize, dump
+from ipkernel.shm import segment as segment_module
 from ipkernel.wire.transfer import SharedPayload
 from tests.cluster import poll
 from tests.test_transfer import Chain
@@ -112,10 +113,23 @@ class SegmentTests(SynchronousTestCase):
         self.assertTrue(shm.can_open(probe))
         self.assertFalse(shm.can_open(shm.Handle(probe.host, probe.pid, probe.fd, "ab" * 16, 0)))
 
+    def test_same_host(self) -> None:
+        """same_host takes a probe or its wire form: true for this process's own probe,
+        false for another host's, a forged one, None or anything malformed."""
+        probe = shm.local_probe()
+        assert probe is not None
+        self.assertTrue(shm.same_host(probe))
+        self.assertTrue(shm.same_host(probe.to_wire()))
+        elsewhere = shm.Handle("another-host", probe.pid, probe.fd, probe.token, 0)
+        self.assertFalse(shm.same_host(elsewhere))
+        self.assertFalse(shm.same_host(shm.Handle(probe.host, probe.pid, probe.fd, "cd" * 16, 0)))
+        for bad in (None, [1, 2], "probe", {"reply_to": probe.to_wire()}):
+            self.assertFalse(shm.same_host(bad))
+
     def test_pieces_map_back_contiguous(self) -> None:
         """A segment written in pieces (in parallel) maps each large part as one
         contiguous private buffer across them, and reads small parts across them."""
-        self.patch(shm, "_piece_count", lambda size: 3)
+        self.patch(segment_module, "_piece_count", lambda size: 3)
         large = np.random.default_rng(5).random(300_000)  # 2.4 MB: over pieces 0 and 1
         smalls = [bytes([i]) * 200_000 for i in range(6)]  # the first over pieces 1 and 2
         parts = [b"head", large, *smalls]
@@ -138,7 +152,7 @@ class SegmentTests(SynchronousTestCase):
 
     def test_wrong_pieces_are_refused(self) -> None:
         """A handle whose pieces are not the segment's, in its order, is refused."""
-        self.patch(shm, "_piece_count", lambda size: 3)
+        self.patch(segment_module, "_piece_count", lambda size: 3)
         segment = shm.Segment.write([np.ones(200_000)])
         other = shm.Segment.write([np.zeros(200_000)])
         self.addCleanup(segment.close)
@@ -254,7 +268,7 @@ class SharedPayloadTests(SynchronousTestCase):
 
     def test_pieces_through_the_relay(self) -> None:
         """A segment in pieces crosses the controller (its handle lists every piece)."""
-        self.patch(shm, "_piece_count", lambda size: 2)
+        self.patch(segment_module, "_piece_count", lambda size: 2)
         chain = Chain()
         data = np.random.default_rng(4).random(100_000)
         payload = SharedPayload.write(dump({"a": data}))
