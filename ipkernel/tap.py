@@ -24,7 +24,7 @@ from ipkernel.adapters.pb_task import task_avatar_factory
 from ipkernel.controller.service import ControllerService
 from ipkernel.security import ControllerKeys, previous_ports
 from ipkernel.wire.broker import ServerFactory
-from ipkernel.wire.streams import tune_allocator
+from ipkernel.wire.buffers import tune_allocator
 from ipkernel.wire.tls import listen_tls, server_context
 
 

@@ -18,7 +18,7 @@ from ipkernel import shm
 from ipkernel.errors import SharedMemoryError
 from ipkernel.serialization import deserialize, dump
 from ipkernel.shm import segment as segment_module
-from ipkernel.wire.transfer import SharedPayload
+from ipkernel.wire.shared import SharedPayload
 from tests.cluster import poll
 from tests.test_transfer import Chain
 

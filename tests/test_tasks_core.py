@@ -70,7 +70,8 @@ from ipkernel.serialization import (
 )
 from ipkernel.wire.broker import ClientFactory, ServerFactory
 from ipkernel.wire.kept import KeptPayload
-from ipkernel.wire.streams import OutgoingPayload
+from ipkernel.wire.outgoing import OutgoingPayload
+from ipkernel.wire.transfer import EnginePayloads
 from tests.fakes import FakeEngine
 
 SECRET = "t" * 43
@@ -808,17 +809,6 @@ def stale_signal() -> str:
     return "still running"
 
 
-class StreamEverything:
-    """A payload policy that streams every large value (the engine's other choice being
-    shared memory); it records nothing else."""
-
-    def pack(self, serialized, options):
-        return OutgoingPayload(serialized)
-
-    def release(self, tokens):
-        return 0
-
-
 class BodyPayload:
     """A received task body, as an engine gets one apart from its batch."""
 
@@ -853,7 +843,7 @@ class EngineTaskTests(SynchronousTestCase):
         (by entry index); a streamed result of a task that is not the batch's last is a
         copy, so a later task of the batch cannot change it before it is sent. A task
         whose body is missing fails alone."""
-        policy = StreamEverything()
+        policy = EnginePayloads(None, lambda: 1, transport="stream")  # streams every large value
         core = self.make(payloads=policy)
         big = np.arange(100_000, dtype=np.float64)
         body = task_to_wire(StringTask("a = b + 0", push={"b": big}, pull="a"))[0][1]

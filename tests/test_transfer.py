@@ -20,9 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from ipkernel.errors import SerializationError, TransferError
 from ipkernel.serialization import deserialize, dump
 from ipkernel.wire import broker as broker_module
-from ipkernel.wire import kept, streams
+from ipkernel.wire import buffers, kept, outgoing, received, relay, stream_protocol, stream_table
 from ipkernel.wire.broker import Broker, ClientFactory, ServerFactory
-from ipkernel.wire.streams import OutgoingPayload, ReceivedPayload, RelayedPayload
+from ipkernel.wire.outgoing import OutgoingPayload
+from ipkernel.wire.received import ReceivedPayload
+from ipkernel.wire.relay import RelayedPayload
 
 
 class Refused(pb.Error):
@@ -137,19 +139,26 @@ def array(nbytes: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random(nbytes // 8)
 
 
+def patch_flow(test: SynchronousTestCase, name: str, value: int) -> None:
+    """Set the stream constant ``name`` for the test, in every module that reads it."""
+    for module in (stream_protocol, outgoing, received, relay, stream_table):
+        if hasattr(module, name):
+            test.patch(module, name, value)
+
+
 class StreamTests(SynchronousTestCase):
     def setUp(self) -> None:
         # Small chunks and windows, so that a few hundred kilobytes exercise everything.
-        self.patch(streams, "CHUNK", 16 * 1024)
-        self.patch(streams, "ACK_EVERY", 16 * 1024)
-        self.patch(streams, "WINDOW", 64 * 1024)
-        self.patch(streams, "FIRST_CREDIT", 16 * 1024)
-        self.patch(streams, "RELAY_BUDGET", 128 * 1024)
+        patch_flow(self, "CHUNK", 16 * 1024)
+        patch_flow(self, "ACK_EVERY", 16 * 1024)
+        patch_flow(self, "WINDOW", 64 * 1024)
+        patch_flow(self, "FIRST_CREDIT", 16 * 1024)
+        patch_flow(self, "RELAY_BUDGET", 128 * 1024)
 
     def chain(self) -> Chain:
         chain = Chain()
         for broker in (chain.client, chain.front, chain.back, chain.engine_broker):
-            broker.streams.window = streams.WINDOW
+            broker.streams.window = stream_protocol.WINDOW
         return chain
 
     def test_push_through_the_relay(self) -> None:
@@ -166,7 +175,7 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), 1)
         self.assertEqual(chain.controller.seen, [RelayedPayload])
         self.assertTrue(np.array_equal(chain.engine.taken[0]["a"], data))
-        self.assertLessEqual(chain.peak_held, streams.WINDOW + streams.CHUNK)
+        self.assertLessEqual(chain.peak_held, stream_protocol.WINDOW + stream_protocol.CHUNK)
         self.assertEqual(chain.streams_open(), 0)
         sent = payload.when_sent()
         self.successResultOf(sent)
@@ -189,7 +198,7 @@ class StreamTests(SynchronousTestCase):
         """A stream kept whole in the controller (a task body) is decrypted into its own
         buffers in place, chunk by chunk, and can be sent on, more than once."""
         filled = []
-        self.patch(kept, "fill_parts", lambda *a: filled.append(a) or streams.fill_parts(*a))
+        self.patch(kept, "fill_parts", lambda *a: filled.append(a) or buffers.fill_parts(*a))
         self.patch(broker_module, "_DIRECT_MIN", 4096)  # this test's chunks are small
         chain = self.chain()
         # Bytes reach the controller in small reads, as TLS records do: a chunk's header
@@ -284,7 +293,7 @@ class StreamTests(SynchronousTestCase):
         payload = OutgoingPayload(dump(array(1_000_000)))
         chain.remote.callRemote("push", payload)
         chain.flush()
-        self.assertLessEqual(chain.front.streams.stats()["held"], streams.WINDOW)
+        self.assertLessEqual(chain.front.streams.stats()["held"], stream_protocol.WINDOW)
         self.assertNoResult(payload.when_sent())
         chain.controller.held.clear()
         gc.collect()
@@ -296,7 +305,7 @@ class StreamTests(SynchronousTestCase):
         """However many streams wait at the controller (their commands queued), what it
         holds stays within a small multiple of the relay budget, not a window each; and
         once released they all complete."""
-        self.patch(streams, "WINDOW", 1024 * 1024)
+        patch_flow(self, "WINDOW", 1024 * 1024)
         chain = self.chain()
         chain.controller.hold = True
         payloads = [OutgoingPayload(dump(array(400_000, seed=i))) for i in range(12)]
@@ -305,8 +314,8 @@ class StreamTests(SynchronousTestCase):
         chain.flush()
         held = chain.front.streams.stats()["held"]
         self.assertGreater(held, 0)
-        self.assertLessEqual(held, 3 * streams.RELAY_BUDGET)
-        self.assertLess(held, 12 * streams.WINDOW // 4)
+        self.assertLessEqual(held, 3 * stream_protocol.RELAY_BUDGET)
+        self.assertLess(held, 12 * stream_protocol.WINDOW // 4)
         engine = chain.controller.engine
         done = [engine.callRemote("take", p) for p in chain.controller.held]
         chain.flush()

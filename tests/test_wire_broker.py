@@ -1,4 +1,4 @@
-"""Tests for ipkernel.wire.broker: stock-compatible Banana, linear decoding, limits."""
+"""Tests for ipkernel.wire.broker and .codec: stock-compatible Banana, linear decoding, limits."""
 
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ from twisted.spread.banana import BananaError
 from twisted.test.iosim import IOPump, connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from ipkernel.wire.broker import (
+from ipkernel.wire.broker import Broker, ClientFactory, ServerFactory
+from ipkernel.wire.codec import (
     PENDING_ITEM_COST,
     POST_AUTH_PENDING_LIMIT,
     POST_AUTH_SIZE_LIMIT,
     PRE_AUTH_PENDING_LIMIT,
     PRE_AUTH_SIZE_LIMIT,
-    Broker,
-    ClientFactory,
-    ServerFactory,
 )
 
 MiB = 1024 * 1024

@@ -26,10 +26,10 @@ from ipkernel import shm
 from ipkernel.controller.queue import error_outcome
 from ipkernel.controller.service import ControllerService
 from ipkernel.errors import TransferError
-from ipkernel.interfaces.engine import DIRECT_COMMANDS, QUEUED_COMMANDS, IEngine
+from ipkernel.interfaces.engine import IEngine
 from ipkernel.wire import kept
 from ipkernel.wire.errors import WireError
-from ipkernel.wire.transfer import SharedPayload
+from ipkernel.wire.shared import SharedPayload
 
 _STATUSES = frozenset({"ok", "raised", "error", "tasks"})
 
@@ -85,13 +85,7 @@ class RemoteEngine:
         """Whether this engine runs on the controller's host, as its user, and the
         controller can open its segments (then it can open the controller's)."""
         if self._shares is None:
-            self._shares = False
-            probe = self.info.get("shm_probe")
-            if probe and self.info.get("host_id") == shm.host_identity():
-                try:
-                    self._shares = shm.can_open(shm.Handle.from_wire(probe))
-                except ValueError:
-                    pass
+            self._shares = shm.same_host(self.info.get("shm_probe"))
         return self._shares
 
     def _run_task(self, args: list, options: dict | None) -> Deferred:
@@ -177,7 +171,3 @@ class EngineRegistrar(pb.Referenceable):
         """The engine's properties changed (its task eligibility may have too)."""
         if self._engine is not None and isinstance(version, int):
             self._service.properties_changed(self._engine.id, version)
-
-
-#: Every command an engine answers (for validation at the boundary).
-ENGINE_COMMANDS = QUEUED_COMMANDS | DIRECT_COMMANDS

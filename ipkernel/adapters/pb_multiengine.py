@@ -13,7 +13,7 @@ from twisted.spread import pb
 from ipkernel.controller.multiengine import CLIENT_COMMANDS
 from ipkernel.interfaces.multiengine import IMultiEngine, check_targets
 from ipkernel.wire.errors import WireError, to_wire
-from ipkernel.wire.streams import stream_stats
+from ipkernel.wire.stream_table import stream_stats
 
 
 def _forward(method, *args) -> Deferred:

@@ -85,16 +85,10 @@ class TaskAdapter(pb.Referenceable):
         return first
 
     def remote_shm_probe(self, probe: object) -> list | None:
-        """This client's shared-memory probe; answers the controller's probe if the
+        """Given the client's shared-memory probe, answer with the controller's if the
         controller can open the client's segments (same host and user), else ``None``."""
-        try:
-            theirs = shm.Handle.from_wire(probe)
-        except ValueError:
-            return None
         mine = shm.local_probe()
-        self._share = (
-            mine is not None and theirs.host == shm.host_identity() and shm.can_open(theirs)
-        )
+        self._share = mine is not None and shm.same_host(probe)
         return mine.to_wire() if self._share and mine is not None else None
 
     def remote_run_tasks(self, message: object, payloads: object = None) -> Deferred | list:

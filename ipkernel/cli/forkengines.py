@@ -47,7 +47,6 @@ _PRELOAD = (
     "ipkernel.serialization",
     "ipkernel.shm",
     "ipkernel.wire.connect",
-    "ipkernel.wire.streams",
     "ipkernel.wire.transfer",
 )
 

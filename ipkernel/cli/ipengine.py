@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         reactor.callLater(0.05, os._exit, 0)
 
     from ipkernel.shm import SegmentKeeper
-    from ipkernel.wire.streams import tune_allocator
+    from ipkernel.wire.buffers import tune_allocator
     from ipkernel.wire.transfer import EnginePayloads
 
     tune_allocator()

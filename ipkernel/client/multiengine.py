@@ -28,14 +28,16 @@ from ipkernel import paths, shm
 from ipkernel.client.blocking import forwarded, get_bridge
 from ipkernel.client.partition import join, split
 from ipkernel.client.results import PendingResult, ResultList, outcomes_to_results
-from ipkernel.errors import SerializationError, SharedMemoryError
+from ipkernel.errors import SerializationError
 from ipkernel.frames import Serialized
 from ipkernel.interfaces.multiengine import check_targets
 from ipkernel.security import KeyFile, read_key_file
 from ipkernel.serialization import deserialize, deserialize_failure, dump
 from ipkernel.wire.connect import call_controller, login
-from ipkernel.wire.streams import OutgoingPayload, ReceivedPayload
-from ipkernel.wire.transfer import INLINE_LIMIT, SharedPayload, transport_mode
+from ipkernel.wire.outgoing import OutgoingPayload
+from ipkernel.wire.received import ReceivedPayload
+from ipkernel.wire.shared import SharedPayload
+from ipkernel.wire.transfer import is_inline, payload_for, transport_mode
 
 Targets = str | int | list[int]
 
@@ -254,13 +256,7 @@ class AsyncMultiEngineClient:
         known = self._shared_ok.get(engine_id)
         if known is None:
             info = self._engines.get(engine_id) or {}
-            known = False
-            if info.get("host_id") == shm.host_identity() and info.get("shm_probe"):
-                try:
-                    known = shm.can_open(shm.Handle.from_wire(info["shm_probe"]))
-                except ValueError:
-                    known = False
-            self._shared_ok[engine_id] = known
+            known = self._shared_ok[engine_id] = shm.same_host(info.get("shm_probe"))
         return known
 
     @inlineCallbacks
@@ -304,22 +300,21 @@ class AsyncMultiEngineClient:
     def _payload_for(
         self, engine_id: int, ser: Serialized, shared: dict[int, SharedPayload]
     ) -> Any:
-        if ser.nbytes < INLINE_LIMIT:
-            return ser.frames()
-        if self._can_share(engine_id):
-            payload = shared.get(id(ser))
-            if payload is None:
-                try:
-                    payload = shared[id(ser)] = SharedPayload.write(ser)
-                except SharedMemoryError:
-                    self._shared_ok[engine_id] = False
-                    return OutgoingPayload(ser)
-            return payload
-        return OutgoingPayload(ser)
+        """What carries ``ser`` to ``engine_id`` (see :func:`payload_for`); one segment
+        serves every engine on this host that gets the same object."""
+        share = self._can_share(engine_id)
+        payload = shared.get(id(ser)) if share else None
+        if payload is None:
+            payload = payload_for(ser, share)
+            if isinstance(payload, SharedPayload):
+                shared[id(ser)] = payload
+            elif share and isinstance(payload, OutgoingPayload):
+                self._shared_ok[engine_id] = False  # no segment could be made
+        return payload
 
     def _send_same(self, targets: Targets, command: str, ser: Serialized, method: str) -> Deferred:
         """``command(payload)`` on every target, the same object for all."""
-        if ser.nbytes < INLINE_LIMIT:
+        if is_inline(ser):
             return self._call(targets, command, [ser.frames()], method)
         return self._send_large(self._turns.reserve(), targets, command, ser, method)
 
@@ -460,7 +455,7 @@ class AsyncMultiEngineClient:
             ids = yield self._resolve(targets)
             parts = split(seq, len(ids))
             serialized = [_serialized({key: part}) for part in parts]
-            if all(ser.nbytes < INLINE_LIMIT for ser in serialized):
+            if all(is_inline(ser) for ser in serialized):
                 per_target = [[ser.frames()] for ser in serialized]
                 result = yield self._call_each(ids, "push", per_target, "scatter", turn)
             else:
@@ -485,7 +480,7 @@ class AsyncMultiEngineClient:
             ids = yield self._resolve(targets)
             parts = split(seq, len(ids))
             serialized = [dump((func, part)) for part in parts]
-            if all(ser.nbytes < INLINE_LIMIT for ser in serialized):
+            if all(is_inline(ser) for ser in serialized):
                 per_target = [[ser.frames()] for ser in serialized]
                 results = yield self._call_each(ids, "apply", per_target, "map", turn)
             else:

@@ -21,11 +21,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 
 from ipkernel import shm
-from ipkernel.errors import IPKernelError, SharedMemoryError
+from ipkernel.errors import IPKernelError
 from ipkernel.frames import Serialized
 from ipkernel.interfaces.records import unpack_results
-from ipkernel.wire.streams import OutgoingPayload, ReceivedPayload
-from ipkernel.wire.transfer import SharedPayload, transport_mode, when_received
+from ipkernel.wire.outgoing import OutgoingPayload
+from ipkernel.wire.received import ReceivedPayload
+from ipkernel.wire.shared import SharedPayload
+from ipkernel.wire.transfer import payload_for, transport_mode, when_received
 
 __all__ = ["TaskPayloads"]
 
@@ -54,25 +56,19 @@ class TaskPayloads:
         if probe is None:
             return False
         answer = yield call("shm_probe", probe.to_wire())
-        try:
-            theirs = None if answer is None else shm.Handle.from_wire(answer)
-        except ValueError:
-            theirs = None
-        self.share = (
-            theirs is not None and theirs.host == shm.host_identity() and shm.can_open(theirs)
-        )
+        self.share = shm.same_host(answer)
         return self.share
 
     # Bodies, out.
 
     def pack(self, serialized: Serialized) -> Any:
-        """A payload object carrying ``serialized`` to the controller."""
-        if self.share:
-            try:
-                return SharedPayload.write(serialized)
-            except SharedMemoryError:
-                self.share = False
-        return OutgoingPayload(serialized)
+        """What carries ``serialized`` to the controller (see
+        :func:`ipkernel.wire.transfer.payload_for`): a segment's handle while sharing
+        works, else a stream."""
+        payload = payload_for(serialized, self.share)
+        if self.share and isinstance(payload, OutgoingPayload):
+            self.share = False  # no segment could be made: stream from now on
+        return payload
 
     @staticmethod
     def sent(result: object, payloads: list[Any]) -> object:

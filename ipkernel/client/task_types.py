@@ -24,7 +24,7 @@ from ipkernel.serialization import (
     dump,
     serialize,
 )
-from ipkernel.wire.transfer import INLINE_LIMIT
+from ipkernel.wire.transfer import is_inline
 
 __all__ = [
     "BaseTask",
@@ -206,7 +206,7 @@ def _serialize_body(body: dict[str, Any]) -> list[bytes] | Serialized:
     the message, streamed or through shared memory, and the controller keeps it)."""
     try:
         ser = dump(body)
-        return ser.frames() if ser.nbytes < INLINE_LIMIT else ser
+        return ser.frames() if is_inline(ser) else ser
     except SerializationError:
         # Find the part that cannot be pickled, so the error names it.
         for key, value in (body.get("push") or {}).items():

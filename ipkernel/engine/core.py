@@ -35,8 +35,10 @@ Executor = Callable[..., Deferred]
 class PayloadPolicy(Protocol):
     """How an engine sends large results (see :class:`ipkernel.wire.transfer.EnginePayloads`)."""
 
-    def pack(self, serialized: Serialized, options: dict | None) -> Any:
-        """Frames or a payload object for ``serialized``, given the request's ``options``."""
+    def pack(self, serialized: Serialized, options: dict | None, stable: bool = True) -> Any:
+        """Frames or a payload object for ``serialized``, given the request's ``options``;
+        ``stable=False`` says its buffers may change before the payload is sent (a later
+        task of the same batch runs first), so a payload that reads them late must copy."""
 
     def release(self, tokens: list[str]) -> int:
         """Close the shared-memory segments named by ``tokens``; return how many."""

@@ -26,7 +26,7 @@ from ipkernel.errors import KeyFileNotFound, TransferError
 from ipkernel.interfaces.engine import QUEUED_COMMANDS
 from ipkernel.security import read_key_file
 from ipkernel.wire.connect import login
-from ipkernel.wire.streams import OutgoingPayload
+from ipkernel.wire.outgoing import OutgoingPayload
 from ipkernel.wire.transfer import find_payloads, when_received
 
 
@@ -89,7 +89,8 @@ class EngineService(Service):
     """Keeps one engine registered with the controller named by ``furl_file``.
 
     ``initial_delay``/``max_delay`` bound the back-off (seconds) between attempts.
-    ``on_registered(engine_id)`` is called after each (re-)registration.
+    :attr:`engine_id` and :attr:`registrar` are set at each (re-)registration; the
+    registrar is None while the controller is away.
     """
 
     log = Logger()
@@ -115,7 +116,6 @@ class EngineService(Service):
         self._delay = initial_delay
         self._retry_call = None
         self._last_complaint: str | None = None
-        self.registered: list[Deferred] = []
         probe = shm.local_probe()
         core.info = {
             "pid": os.getpid(),
@@ -138,15 +138,6 @@ class EngineService(Service):
         if self.registrar is not None and self.registrar.broker.transport is not None:
             self.registrar.broker.transport.loseConnection()
         return None
-
-    def when_registered(self) -> Deferred:
-        """A Deferred that fires with the engine id at the next registration."""
-        d: Deferred = Deferred()
-        if self.engine_id is not None and self.registrar is not None:
-            d.callback(self.engine_id)
-        else:
-            self.registered.append(d)
-        return d
 
     def _attempt(self) -> None:
         self._retry_call = None
@@ -173,9 +164,6 @@ class EngineService(Service):
             self._last_complaint = None
             registrar.notifyOnDisconnect(self._lost)
             self.log.info("registered with the controller as engine {id}", id=engine_id)
-            waiting, self.registered = self.registered, []
-            for w in waiting:
-                w.callback(engine_id)
 
         return d.addCallback(registered)
 

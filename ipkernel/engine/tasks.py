@@ -37,8 +37,6 @@ from typing import Any
 from ipkernel.frames import Serialized
 from ipkernel.interfaces.records import STATUSES, TASK_REPLY, TASK_RUN, MalformedRecords
 from ipkernel.serialization import deserialize, dump, serialize_failure
-from ipkernel.wire.streams import OutgoingPayload
-from ipkernel.wire.transfer import INLINE_LIMIT
 
 __all__ = ["TaskRunner"]
 
@@ -233,15 +231,11 @@ class TaskRunner:
     def _pack(self, taskid: int, serialized: Serialized) -> Any:
         """Frames for a small value; a payload for a large one (see :meth:`run`)."""
         payloads = self.core.payloads
-        if payloads is None or serialized.nbytes < INLINE_LIMIT:
+        if payloads is None:
             return serialized.frames()
-        payload = payloads.pack(serialized, self._options)
-        if isinstance(payload, OutgoingPayload) and taskid != self._last:
-            # A stream reads the value's buffers after the batch: copy them, so that a
-            # later task of the batch cannot change them meanwhile.
-            copies = [bytes(part) for part in serialized.parts]
-            payload = OutgoingPayload(Serialized.from_parts(serialized.header, copies))
-        return payload
+        # A stream reads the value's buffers after the batch: unless this is the batch's
+        # last task, a later one could change them meanwhile.
+        return payloads.pack(serialized, self._options, stable=taskid == self._last)
 
     def _depend_allows(self, depend: Any, digest: bytes, version: int) -> bool:
         """Evaluate ``depend`` on a copy of the properties; an exception means False."""

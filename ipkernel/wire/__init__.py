@@ -1,13 +1,18 @@
 """The wire: how ipkernel's processes talk Perspective Broker over TLS.
 
-:mod:`ipkernel.wire.broker` holds the PB broker and factories every connection uses (a
-linear-time Banana decoder with per-connection size limits, small until login);
-:mod:`ipkernel.wire.connect` dials the controller and logs in;
+:mod:`ipkernel.wire.broker` holds the PB broker and factories every connection uses, over
+:mod:`ipkernel.wire.codec` (a linear-time Banana decoder with per-connection size limits,
+small until login); :mod:`ipkernel.wire.connect` dials the controller and logs in;
 :mod:`ipkernel.wire.errors` holds the errors of a whole remote call as they cross PB;
-:mod:`ipkernel.wire.tls` holds the TLS transports every connection runs on;
-:mod:`ipkernel.wire.transfer` chooses how a large payload travels and holds the
-shared-memory payloads; :mod:`ipkernel.wire.streams` moves the others in chunks with
-flow control (relayed by the controller); :mod:`ipkernel.wire.kept` holds what the
-controller keeps of them (task bodies and results); :mod:`ipkernel.interfaces.records` packs
-batches of small records.
+:mod:`ipkernel.wire.tls` sets up the TLS connections every connection runs on, whose
+records :mod:`ipkernel.wire.tls_transport` reads and writes.
+
+Large payloads: :mod:`ipkernel.wire.transfer` chooses how one travels (inline, stream or
+shared memory) and finds payloads in received arguments. Streams follow
+:mod:`ipkernel.wire.stream_protocol`: :mod:`ipkernel.wire.outgoing` sends,
+:mod:`ipkernel.wire.received` receives (into :mod:`ipkernel.wire.buffers`),
+:mod:`ipkernel.wire.relay` relays through the controller, and
+:mod:`ipkernel.wire.stream_table` holds one connection's streams.
+:mod:`ipkernel.wire.shared` holds the shared-memory payloads; :mod:`ipkernel.wire.kept`
+what the controller keeps of both (task bodies and results).
 """

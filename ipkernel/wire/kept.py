@@ -9,7 +9,7 @@ them, as a :class:`KeptPayload`, in one of two forms:
 bytes
     a stream received whole into buffers of the controller (see :func:`keep`): only the
     payload's header is read (its part sizes); nothing is unpickled. Each use sends the
-    bytes on as a new stream (:class:`~ipkernel.wire.streams.OutgoingPayload`).
+    bytes on as a new stream (:class:`~ipkernel.wire.outgoing.OutgoingPayload`).
 segment
     a shared-memory segment its sender wrote (:mod:`ipkernel.shm`), *adopted*: the
     controller opens the sender's descriptor and holds its own, never mapping it, so the
@@ -33,8 +33,10 @@ from twisted.python.failure import Failure
 from ipkernel import shm
 from ipkernel.errors import SerializationError, SharedMemoryError, TransferError
 from ipkernel.frames import Serialized, read_header
-from ipkernel.wire.streams import OutgoingPayload, RelayedPayload, allocate_part, fill_parts
-from ipkernel.wire.transfer import SharedPayload
+from ipkernel.wire.buffers import allocate_part, fill_parts
+from ipkernel.wire.outgoing import OutgoingPayload
+from ipkernel.wire.relay import RelayedPayload
+from ipkernel.wire.shared import SharedPayload
 
 __all__ = ["KeptPayload", "keep", "keepable"]
 

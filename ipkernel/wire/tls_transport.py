@@ -1,0 +1,283 @@
+"""Reading and writing TLS records on a Twisted TCP connection: :class:`TLSTransport`.
+
+The connection's socket is a non-blocking :class:`ssl.SSLSocket`, so OpenSSL reads
+records from and writes them to the kernel itself (the listening and connecting ends,
+with their contexts and the pin check, are in :mod:`ipkernel.wire.tls`). Moving bulk
+data this costs about half the CPU per byte of Twisted's ``TLSMemoryBIOProtocol``:
+
+- a write of any size is queued as it is (a ``memoryview`` of a numpy array included,
+  never joined) and encrypted straight from the caller's buffer when the socket can take
+  it; while a large write goes out the socket is corked (``TCP_CORK``), so that the
+  kernel sends the 16 KiB records OpenSSL writes one by one as full-sized segments, and
+  uncorked before the transport returns to the reactor, so nothing waits in the kernel;
+- reading decrypts straight into a buffer: the protocol's own when it offers one
+  (``get_buffer(hint)`` / ``buffer_updated(nbytes)``, as asyncio's buffered protocols do;
+  the PB broker hands out the destination of a large payload chunk, so the bytes land
+  where they belong with no intermediate copy), otherwise a scratch buffer whose
+  contents go to ``dataReceived``. Each record (at most 16 KiB) is delivered as soon as
+  it is read, so the protocol chooses where every record goes: the data after a chunk's
+  header never passes through the scratch buffer.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import socket
+import ssl
+from typing import Any
+
+from twisted.internet import main
+from twisted.logger import Logger
+
+__all__ = ["TLSTransport"]
+
+_log = Logger()
+
+# A scratch buffer for protocols that take dataReceived (and for small messages).
+_SCRATCH = 256 * 1024
+# Most plaintext read, and written, per reactor turn and connection, so that one busy
+# connection does not starve the others (small calls are answered during large transfers).
+_READ_BUDGET = 256 * 1024
+_WRITE_BUDGET = 512 * 1024
+# Most plaintext handed to SSL_write at once.
+_WRITE_PIECE = 1024 * 1024
+
+# Writes at least this large are corked (see TLSTransport._send_queued).
+_CORK_FROM = 64 * 1024
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+_WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+
+
+class TLSTransport:
+    """TLS on a Twisted TCP connection; mixed into ``tcp.Server`` and ``tcp.Client``.
+
+    The subclass calls :meth:`_start_tls` once the TCP connection exists and provides
+    :meth:`_handshake_done`. The protocol is connected only after the handshake (and, on
+    the connecting side, the pin check); until then ``self.protocol`` is a placeholder
+    that ignores everything.
+    """
+
+    socket: Any
+    protocol: Any
+    reactor: Any
+    connected: int
+    disconnecting: int
+    disconnected: int
+
+    def _start_tls(self, context: ssl.SSLContext, server_side: bool) -> None:
+        # wrap_socket takes over the file descriptor: the same number, so the reactor's
+        # registrations (made after this) are unaffected.
+        self.socket = context.wrap_socket(
+            self.socket, server_side=server_side, do_handshake_on_connect=False
+        )
+        self.socket.setblocking(False)
+        self.fileno = self.socket.fileno
+        self._handshaken = False
+        self._queue: collections.deque[memoryview] = collections.deque()
+        self._queued = 0
+        self._scratch: memoryview | None = None
+        self._read_wants_write = False
+        self._corkable = _TCP_CORK is not None
+        # With windowed acknowledgements, Nagle plus delayed ACK would stall streams.
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    def _handshake(self) -> Any:
+        try:
+            self.socket.do_handshake()
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLWantWriteError:
+            self.startWriting()  # type: ignore[attr-defined]
+            return None
+        except (ssl.SSLError, OSError) as exc:
+            _log.info("TLS handshake failed: {error}", error=str(exc))
+            return main.CONNECTION_LOST
+        self._handshaken = True
+        protocol = self._handshake_done()
+        if protocol is None:
+            return main.CONNECTION_LOST
+        self.protocol = protocol
+        protocol.makeConnection(self)
+        if self._queue:
+            self.startWriting()  # type: ignore[attr-defined]
+        if self.socket.pending():
+            # Application data that came with the end of the handshake.
+            return self.doRead()
+        return None
+
+    def _handshake_done(self) -> Any:
+        """The protocol to connect now, or None to drop the connection."""
+        raise NotImplementedError
+
+    # Reading
+
+    def doRead(self) -> Any:  # noqa: N802 - Twisted's name
+        if not self._handshaken:
+            return self._handshake()
+        if self._read_wants_write:
+            return None
+        sock = self.socket
+        protocol = self.protocol
+        buffered = callable(getattr(protocol, "get_buffer", None))
+        budget = _READ_BUDGET
+        while True:
+            if buffered:
+                buf = protocol.get_buffer(-1)
+                if not len(buf):
+                    _log.error("get_buffer() gave an empty buffer: dropping the connection")
+                    return main.CONNECTION_LOST
+            else:
+                if self._scratch is None:
+                    self._scratch = memoryview(bytearray(_SCRATCH))
+                buf = self._scratch
+            n = 0
+            result = None
+            try:
+                # At most one record (16 KiB), delivered at once: the protocol may want
+                # the next bytes somewhere else (a stream chunk's header is followed by
+                # its data, which goes straight into place).
+                n = sock.recv_into(buf)
+                if not n:
+                    result = main.CONNECTION_DONE
+            except ssl.SSLWantReadError:
+                return None
+            except ssl.SSLWantWriteError:
+                self._read_wants_write = True
+                self.startWriting()  # type: ignore[attr-defined]
+                return None
+            except ssl.SSLZeroReturnError:
+                result = main.CONNECTION_DONE  # the peer's close_notify
+            except ssl.SSLError as exc:
+                _log.info("TLS error: {error}", error=str(exc))
+                result = main.CONNECTION_LOST
+            except OSError as exc:
+                if exc.errno in _WOULD_BLOCK:
+                    return None
+                result = main.CONNECTION_LOST
+            if n:
+                if buffered:
+                    protocol.buffer_updated(n)
+                else:
+                    protocol.dataReceived(bytes(buf[:n]))
+            if result is not None:
+                return result
+            if self.disconnected or self.protocol is not protocol:
+                return None
+            budget -= n
+            # Decrypted bytes OpenSSL still holds never wake the reactor: take them now.
+            if budget <= 0 and not sock.pending():
+                return None
+
+    # Writing
+
+    def write(self, data: Any) -> None:
+        """Send ``data`` (bytes or any buffer, kept as is until sent).
+
+        What the socket takes at once is sent at once (a small call does not wait for the
+        next reactor turn); the rest waits, in order, for the socket to be writable.
+        """
+        if self.disconnecting or self.disconnected:
+            return
+        view = memoryview(data).cast("B")
+        if not view.nbytes:
+            return
+        idle = not self._queue
+        self._queue.append(view)
+        self._queued += view.nbytes
+        if not self._handshaken:
+            return
+        if idle and self._send_queued() is not None:
+            pass  # an error: doWrite meets it again and reports the lost connection
+        if self._queue or self.disconnecting:
+            self.startWriting()  # type: ignore[attr-defined]
+
+    def writeSequence(self, data: Any) -> None:  # noqa: N802 - Twisted's name
+        for piece in data:
+            self.write(piece)
+
+    def doWrite(self) -> Any:  # noqa: N802 - Twisted's name
+        if not self._handshaken:
+            return self._handshake()
+        if self._read_wants_write:
+            self._read_wants_write = False
+            result = self.doRead()
+            if result is not None:
+                return result
+        result = self._send_queued()
+        if result is not None or self._queue:
+            return result  # lost, or more to send once the socket can take it
+        self.stopWriting()  # type: ignore[attr-defined]
+        if self.disconnecting:
+            return self._close_notify()
+        return None
+
+    def _send_queued(self) -> Any:
+        """Send from the queue until it is empty, the socket is full or the budget spent.
+
+        Returns None, or ``CONNECTION_LOST`` if the connection failed.
+        """
+        # OpenSSL writes each record (16 KiB) to the kernel by itself. Corked, the kernel
+        # packs them into full-sized segments: several times fewer packets, and
+        # acknowledgements, for both ends to process. Uncorking sends the rest at once.
+        cork = self._corkable and self._queued >= _CORK_FROM
+        if cork:
+            self._cork(True)
+        try:
+            return self._send_some()
+        finally:
+            if cork:
+                self._cork(False)
+
+    def _cork(self, on: bool) -> None:
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, on)
+        except OSError:
+            self._corkable = False
+
+    def _send_some(self) -> Any:
+        sock = self.socket
+        queue = self._queue
+        budget = _WRITE_BUDGET
+        while queue and budget > 0:
+            view = queue[0]
+            # After a WANT_WRITE, OpenSSL must be given the same bytes again: the head of
+            # the queue is only shortened once a send has succeeded.
+            piece = view[:_WRITE_PIECE]
+            try:
+                sent = sock.send(piece)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return None
+            except ssl.SSLError as exc:
+                _log.info("TLS error: {error}", error=str(exc))
+                return main.CONNECTION_LOST
+            except OSError as exc:
+                if exc.errno in _WOULD_BLOCK:
+                    return None
+                return main.CONNECTION_LOST
+            self._queued -= sent
+            budget -= sent
+            if sent == view.nbytes:
+                queue.popleft()
+            else:
+                queue[0] = view[sent:]
+        return None
+
+    def _close_notify(self) -> Any:
+        # Say goodbye in TLS, without waiting for the peer's answer (a hostile peer
+        # would never send one), then close.
+        try:
+            self.socket.unwrap()
+        except (ssl.SSLError, OSError, ValueError):
+            pass
+        return main.CONNECTION_DONE
+
+    def getPeerCertificate(self) -> bytes | None:  # noqa: N802 - Twisted's name
+        """The peer's certificate, DER, if it showed one."""
+        try:
+            return self.socket.getpeercert(binary_form=True)
+        except (ValueError, OSError):
+            return None
