@@ -30,7 +30,7 @@ from ipkernel.cli.launchers import (
     make_launcher,
 )
 
-__all__ = ["GRACE", "Cluster", "ClusterError", "StopRequested", "remove_stale_key_files"]
+__all__ = ["GRACE", "Cluster", "ClusterError", "StopRequested"]
 
 #: Seconds between SIGTERM and SIGKILL when stopping children.
 GRACE = processes.DEFAULT_GRACE
@@ -46,7 +46,7 @@ class StopRequested(ClusterError):
     """A signal or ``ipcluster stop`` came while the cluster was starting."""
 
 
-def remove_stale_key_files(security: Path) -> None:
+def _remove_stale_key_files(security: Path) -> None:
     """Remove the key files in ``security`` left by an earlier controller."""
     # Engines and the poller start with the controller: a key file from an earlier run
     # would send them to a dead (or another) controller's address.
@@ -152,7 +152,7 @@ class Cluster:
                 flush=True,
             )
         if not options["reuse-keys"]:
-            remove_stale_key_files(self.security)
+            _remove_stale_key_files(self.security)
         argv = controller_argv(options)
         try:
             self.controller = self.runner.spawn("controller", argv)
