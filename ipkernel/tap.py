@@ -44,12 +44,24 @@ class Options(usage.Options):
         "written to the security directory."
     )
     optParameters = [
-        ["ip", None, "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."],
-        ["engine-port", None, 0, "Port for engines (default: a random free port).", _port],
-        ["client-port", None, 0, "Port for clients (default: a random free port).", _port],
+        ["ip", None, "127.0.0.1", "Address to listen on; 0.0.0.0 for every interface."],
+        [
+            "engine-port",
+            None,
+            0,
+            "Port for engines; 0 takes a free one, or with --reuse-keys the earlier run's.",
+            _port,
+        ],
+        [
+            "client-port",
+            None,
+            0,
+            "Port for clients; 0 takes a free one, or with --reuse-keys the earlier run's.",
+            _port,
+        ],
         ["security-dir", None, None, "Where key files go (default: $IPKERNEL_DIR/security)."],
         ["log-dir", None, None, "Where the log goes (default: $IPKERNEL_DIR/log)."],
-        ["db", None, None, "Task record store (SQLite file); default: in memory."],
+        ["db", None, None, "SQLite file that keeps task records (default: in memory)."],
         [
             "location",
             None,
@@ -66,6 +78,16 @@ class Options(usage.Options):
             "files stay valid.",
         ],
     ]
+    #: The name of each option's value in ``ipcontroller --help``.
+    metavars = {
+        "ip": "ADDRESS",
+        "engine-port": "PORT",
+        "client-port": "PORT",
+        "security-dir": "DIR",
+        "log-dir": "DIR",
+        "db": "FILE",
+        "location": "HOST",
+    }
 
 
 class ControllerListeners(Service):

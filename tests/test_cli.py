@@ -28,11 +28,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ipkernel import paths
-from ipkernel.cli import forkengines, ipcluster, pidfile
+from ipkernel.cli import forkengines, ipcluster
+from ipkernel.cli.command_options import CommandOptions
+from ipkernel.cli.ipcluster import pidfile
 from ipkernel.cli.launchers import (
+    LAUNCHERS,
     EngineCommand,
     HostEntry,
     LauncherError,
+    LaunchSettings,
     LocalLauncher,
     MPILauncher,
     SlurmLauncher,
@@ -133,6 +137,10 @@ class FakeHandle:
 
 def command(*args):
     return EngineCommand("/sec/ipcontroller-engine.furl", tuple(args), python=PY)
+
+
+def settings(**kwargs):
+    return LaunchSettings(key_file=Path("k"), log_dir=Path("l"), **kwargs)
 
 
 # --- unit tests: launchers ----------------------------------------------------------------
@@ -245,8 +253,7 @@ class MPILauncherTests(SynchronousTestCase):
             "mpi",
             runner,
             command("--security-dir", "/sec"),
-            key_file=Path("/sec/ipcontroller-engine.furl"),
-            log_dir=Path("/logs"),
+            LaunchSettings(key_file=Path("/sec/ipcontroller-engine.furl"), log_dir=Path("/logs")),
         )
         self.assertIsInstance(launcher, MPILauncher)
         self.assertEqual(self.successResultOf(launcher.start(4)), 4)
@@ -271,9 +278,7 @@ class MPILauncherTests(SynchronousTestCase):
     def test_missing_mpiexec(self):
         """Without mpiexec on PATH the error says so and what to do."""
         with self.assertRaises(LauncherError) as ctx:
-            make_launcher(
-                "mpi", FakeRunner(programs=()), command(), key_file=Path("k"), log_dir=Path("l")
-            )
+            make_launcher("mpi", FakeRunner(programs=()), command(), settings())
         self.assertIn("'mpiexec', which is not on PATH", str(ctx.exception))
         self.assertIn("Open MPI or MPICH", str(ctx.exception))
 
@@ -376,21 +381,20 @@ class SSHLauncherTests(SynchronousTestCase):
     def test_make_launcher_host_file_errors(self):
         """--launcher ssh needs a readable, valid host file."""
         runner = FakeRunner()
-        kwargs = dict(key_file=Path("k"), log_dir=Path("l"))
-        self.assertRaises(LauncherError, make_launcher, "ssh", runner, command(), **kwargs)
+        self.assertRaises(LauncherError, make_launcher, "ssh", runner, command(), settings())
         with self.assertRaises(LauncherError) as ctx:
-            make_launcher("ssh", runner, command(), hostfile="/no/such/file", **kwargs)
+            make_launcher("ssh", runner, command(), settings(hostfile="/no/such/file"))
         self.assertIn("/no/such/file", str(ctx.exception))
         bad = Path(self.mktemp())
         bad.write_text("node 0\n")
         self.assertRaises(
-            LauncherError, make_launcher, "ssh", runner, command(), hostfile=str(bad), **kwargs
+            LauncherError, make_launcher, "ssh", runner, command(), settings(hostfile=str(bad))
         )
         good = Path(self.mktemp())
         good.write_text("node 2\n")
-        launcher = make_launcher("ssh", runner, command(), hostfile=str(good), **kwargs)
+        launcher = make_launcher("ssh", runner, command(), settings(hostfile=str(good)))
         self.assertEqual(launcher.engine_count, 2)
-        self.assertRaises(LauncherError, make_launcher, "bogus", runner, command(), **kwargs)
+        self.assertRaises(LauncherError, make_launcher, "bogus", runner, command(), settings())
 
 
 class SlurmLauncherTests(SynchronousTestCase):
@@ -431,10 +435,77 @@ class SlurmLauncherTests(SynchronousTestCase):
     def test_missing_sbatch(self):
         """Without sbatch the error says to run on a Slurm login node."""
         with self.assertRaises(LauncherError) as ctx:
-            make_launcher(
-                "slurm", FakeRunner(programs=()), command(), key_file=Path("k"), log_dir=Path("l")
-            )
+            make_launcher("slurm", FakeRunner(programs=()), command(), settings())
         self.assertIn("'sbatch'", str(ctx.exception))
+
+
+class CommandOptionsTests(SynchronousTestCase):
+    """The help every command prints (CommandOptions), on a small made-up command."""
+
+    class Base(CommandOptions):
+        optParameters = [["size", "s", 3, "How big."]]
+        metavars = {"size": "BYTES"}
+
+    class Options(Base):
+        synopsis = "Usage: demo [options]"
+        longdesc = "Do the demo."
+        optParameters = [
+            ["x", "x", 1.5, "A one-letter option."],
+            ["a-rather-long-option-name", None, None, "Its text starts on the next line."],
+        ]
+        optFlags = [["quiet", "q", "Say less."]]
+
+    def test_layout(self):
+        """Synopsis, description, then options in declaration order (the subclass's first),
+        with short forms, value names (inherited ones too) and parameter defaults."""
+        options = self.Options()
+        self.assertEqual(
+            options.getSynopsis() + "\n" + options.getUsage(width=80),
+            "Usage: demo [options]\n"
+            "\n"
+            "Do the demo.\n"
+            "\n"
+            "Options:\n"
+            "  -x VALUE                  A one-letter option (default: 1.5).\n"
+            "  --a-rather-long-option-name VALUE\n"
+            "                            Its text starts on the next line.\n"
+            "  -q, --quiet               Say less.\n"
+            "  -s, --size BYTES          How big (default: 3).\n"
+            "  --help                    Display this help and exit.\n"
+            "  --version                 Display Twisted version and exit.\n",
+        )
+
+    def test_parsing_is_twisteds(self):
+        """Every spelling Twisted accepts still works: -x 2, -x2, --x 2, --x=2, -s 4, --size=4."""
+        for args in (["-x", "2"], ["-x2"], ["--x", "2"], ["--x=2"]):
+            options = self.Options()
+            options.parseOptions(args)
+            self.assertEqual(options["x"], "2", args)
+        for args in (["-s", "4"], ["--size=4"]):
+            options = self.Options()
+            options.parseOptions(args)
+            self.assertEqual(options["size"], "4", args)
+
+
+class LauncherRegistryTests(SynchronousTestCase):
+    def test_launchers_by_name(self):
+        """Each launcher is registered under its own --launcher name, with a summary for --help."""
+        self.assertEqual(list(LAUNCHERS), ["local", "mpi", "ssh", "slurm"])
+        for name, cls in LAUNCHERS.items():
+            self.assertEqual(cls.name, name)
+            self.assertTrue(cls.summary, name)
+        self.assertEqual([n for n, cls in LAUNCHERS.items() if cls.remote], ["ssh", "slurm"])
+
+    def test_settings_reach_the_launcher(self):
+        """make_launcher builds each launcher from the cluster's settings: fork, log dir."""
+        runner = FakeRunner()
+        local = make_launcher("local", runner, command(), settings(fork=False))
+        self.assertIsInstance(local, LocalLauncher)
+        self.assertFalse(local.fork)
+        slurm = make_launcher("slurm", runner, command(), settings())
+        self.assertIsInstance(slurm, SlurmLauncher)
+        self.assertEqual(slurm.script_path, Path("l") / f"ipcluster-{os.getpid()}-slurm.sh")
+        self.assertEqual(slurm.output_dir, Path("l"))
 
 
 class ProcessTests(SynchronousTestCase):
@@ -588,6 +659,54 @@ class IPClusterOptionTests(SynchronousTestCase):
         for bad in ("", "x\n", "1\nengine\n", "1\nengine x\n"):
             path.write_text(bad)
             self.assertRaises(ValueError, pidfile.read_pid_file, path)
+
+    def test_number_of_engines_spellings(self):
+        """-n 4, -n4, --n 4 and --n=4 all ask for four engines."""
+        for args in (["-n", "4"], ["-n4"], ["--n", "4"], ["--n=4"]):
+            self.assertEqual(self.parse(*args)["n"], 4, args)
+
+    def test_help_shows_dash_n(self):
+        """ipcluster's help spells the engine count -n N, in the synopsis and the option list,
+        and gives each option's default once."""
+        text = str(ipcluster.StartOptions())
+        self.assertTrue(text.startswith("Usage: ipcluster [start] [-n N] [options]\n"), text)
+        self.assertIn("\n  -n N ", text)
+        self.assertNotIn("--n", text)
+        self.assertNotIn("[default:", text)
+        flat = " ".join(text.split())
+        cpus = os.cpu_count() or 1
+        self.assertIn(f"-n N Number of engines (default: the number of CPUs, {cpus}).", flat)
+        self.assertIn(
+            "--timeout SECONDS Seconds to wait for the controller and every engine to come up "
+            "(default: 30).",
+            flat,
+        )
+        self.assertIn("--launcher NAME How to start engines (default: local)", flat)
+        self.assertIn("--reuse-keys Keep the certificate", flat)
+
+    def test_help_lists_own_options_then_the_controllers(self):
+        """ipcluster's own options come first, in the order declared; then the controller's."""
+        text = str(ipcluster.StartOptions())
+        positions = [
+            text.index(word)
+            for word in (
+                "\nOptions:\n",
+                "  -n N",
+                "  --launcher NAME",
+                "  --hostfile FILE",
+                "  --timeout SECONDS",
+                "  --exec-engines",
+                "  --engine-arg ARG",
+                "  --help",
+                "\nController options:\n",
+                "  --ip ADDRESS",
+                "  --engine-port PORT",
+                "  --reuse-keys",
+            )
+        ]
+        self.assertEqual(positions, sorted(positions))
+        for name, launcher in LAUNCHERS.items():
+            self.assertIn(f"{name} ({launcher.summary})", " ".join(text.split()))
 
     def test_forkengines_usage(self):
         """forkengines needs a positive engine count first."""
@@ -773,54 +892,66 @@ def _python(*args: str) -> list[str]:
 
 class HelpTests(TestCase):
     def test_help_of_every_command(self):
-        """--help of ipcluster (start, stop), ipcontroller and ipengine exits 0, lists options."""
+        """--help of ipcluster (start, stop), ipcontroller and ipengine exits 0 and prints a
+        usage line naming the command, then one entry per option with its value's name; no
+        option is spelled the Twisted way (--name=)."""
         env = child_env(Path(self.mktemp()).absolute())
+        controller_options = [
+            "--ip ADDRESS",
+            "--engine-port PORT",
+            "--client-port PORT",
+            "--security-dir DIR",
+            "--log-dir DIR",
+            "--reuse-keys",
+            "--db FILE",
+            "--location HOST",
+        ]
         cases = [
             (
                 ["-m", "ipkernel.cli.ipcluster", "--help"],
+                "Usage: ipcluster [start] [-n N] [options]",
                 [
-                    "--n=",
-                    "--launcher=",
-                    "--hostfile=",
-                    "--timeout=",
-                    "--ip=",
-                    "--engine-port=",
-                    "--client-port=",
-                    "--security-dir=",
-                    "--log-dir=",
-                    "--reuse-keys",
-                    "--db=",
-                    "--location=",
+                    "-n N",
+                    "--launcher NAME",
+                    "--hostfile FILE",
+                    "--timeout SECONDS",
+                    "--engine-arg ARG",
+                    "--exec-engines",
+                    *controller_options,
                     "ipcluster stop",
                 ],
             ),
-            (["-m", "ipkernel.cli.ipcluster", "start", "--help"], ["--n=", "--launcher="]),
-            (["-m", "ipkernel.cli.ipcluster", "stop", "--help"], ["--timeout=", "pid file"]),
+            (
+                ["-m", "ipkernel.cli.ipcluster", "start", "--help"],
+                "Usage: ipcluster [start] [-n N] [options]",
+                ["-n N", "--launcher NAME"],
+            ),
+            (
+                ["-m", "ipkernel.cli.ipcluster", "stop", "--help"],
+                "Usage: ipcluster stop [options]",
+                ["--timeout SECONDS", "(default: 30)", "pid file"],
+            ),
             (
                 ["-m", "ipkernel.cli.ipcontroller", "--help"],
-                [
-                    "--ip=",
-                    "--engine-port=",
-                    "--client-port=",
-                    "--security-dir=",
-                    "--log-dir=",
-                    "--reuse-keys",
-                    "--db=",
-                    "--location=",
-                ],
+                "Usage: ipcontroller [options]",
+                [*controller_options, "(default: 127.0.0.1)"],
             ),
             (
                 ["-m", "ipkernel.cli.ipengine", "--help"],
-                ["--furl-file=", "--security-dir=", "--log-dir=", "--property"],
+                "Usage: ipengine [options]",
+                ["--furl-file FILE", "--security-dir DIR", "--log-dir DIR", "--property KEY=VALUE"],
             ),
         ]
-        for args, words in cases:
+        for args, synopsis, words in cases:
             result = subprocess.run(
                 _python(*args), env=env, capture_output=True, text=True, timeout=DEADLINE
             )
             self.assertEqual(result.returncode, 0, (args, result.stderr))
+            self.assertEqual(result.stdout.splitlines()[0], synopsis, args)
             for word in words:
                 self.assertIn(word, result.stdout, args)
+            self.assertNotRegex(result.stdout, r"--[a-z-]+=(\s|$)", args)
+            self.assertNotIn("[default:", result.stdout, args)
 
 
 class IPClusterTests(TestCase):

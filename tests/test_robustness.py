@@ -13,8 +13,9 @@ from twisted.trial.unittest import TestCase
 from ipkernel import paths
 from ipkernel.client.multiengine import AsyncMultiEngineClient
 from ipkernel.errors import ControllerUnreachable, KeyFileNotFound, StaleKeyFile
-from ipkernel.security import KeyFile, client_tls_options, read_key_file, write_key_file
+from ipkernel.security import KeyFile, read_key_file, write_key_file
 from tests.cluster import Cluster, poll
+from tests.tlshelpers import client_tls_options
 
 
 def rss_kib(pid: int) -> int:

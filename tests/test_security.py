@@ -1,7 +1,9 @@
 """Tests for ipkernel.paths and ipkernel.security: key files, secrets, certificates, TLS pins.
 
-TLS handshakes run in memory (``twisted.test.iosim``) except for two small smoke tests on
-127.0.0.1 that check the options work with ``listenSSL``/``connectSSL``.
+The pinning tests use the Twisted TLS options of :mod:`tests.tlshelpers` with the
+controller's certificate. TLS handshakes run in memory (``twisted.test.iosim``) except for
+two small smoke tests on 127.0.0.1 that check the options work with
+``listenSSL``/``connectSSL``.
 """
 
 from __future__ import annotations
@@ -46,14 +48,13 @@ from ipkernel.security import (
     ControllerIdentity,
     ControllerKeys,
     KeyFile,
-    PinnedClientTLS,
     check_secret,
-    client_tls_options,
     new_secret,
     previous_ports,
     read_key_file,
     write_key_file,
 )
+from tests.tlshelpers import PinnedClientTLS, client_tls_options, server_options
 
 FINGERPRINT = "0123456789abcdef" * 4
 SECRET = "s3cr3t-TOKEN_abcdefghijklmnopqrstuvwxyz0123"
@@ -377,10 +378,10 @@ class IdentityTests(SynchronousTestCase):
         self.assertIn(CERT_FILE, str(e))
 
     def test_server_options_without_deprecation_warnings(self) -> None:
-        """Building the server's TLS context emits no DeprecationWarning."""
+        """Building Twisted TLS options from an identity emits no DeprecationWarning."""
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)
-            self.assertIsInstance(IDENTITY.server_options().getContext(), SSL.Context)
+            self.assertIsInstance(server_options(IDENTITY).getContext(), SSL.Context)
 
 
 class ControllerKeysTests(SynchronousTestCase):
@@ -549,11 +550,11 @@ def _factory_for(protocol: Protocol) -> Factory:
     return factory
 
 
-def tls_in_memory(server_options: object, client_options: object) -> tuple[Recorder, Recorder]:
+def tls_in_memory(server_tls_options: object, client_options: object) -> tuple[Recorder, Recorder]:
     """Connect an echoing server and a greeting client over TLS in memory, pumped to the end."""
     clock = Clock()
     server, client = Recorder(echo=True), Recorder(greeting=b"ping")
-    server_tls = TLSMemoryBIOFactory(server_options, False, _factory_for(server), clock=clock)
+    server_tls = TLSMemoryBIOFactory(server_tls_options, False, _factory_for(server), clock=clock)
     client_tls = TLSMemoryBIOFactory(client_options, True, _factory_for(client), clock=clock)
     address = IPv4Address("TCP", "127.0.0.1", 0)
     _, _, pump = connectedServerAndClient(
@@ -600,7 +601,7 @@ class PinningTests(SynchronousTestCase):
         options = client_tls_options(IDENTITY.fingerprint)
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)
-            server, client = tls_in_memory(IDENTITY.server_options(), options)
+            server, client = tls_in_memory(server_options(IDENTITY), options)
         self.assertTrue(client.handshake_done)
         self.assertTrue(server.handshake_done)
         self.assertEqual(server.received, b"ping")
@@ -612,7 +613,7 @@ class PinningTests(SynchronousTestCase):
     def test_wrong_fingerprint_fails_as_stale_key_file(self) -> None:
         """Another certificate fails the handshake; the client sees StaleKeyFile and the flag."""
         options = client_tls_options(OTHER_IDENTITY.fingerprint)
-        server, client = tls_in_memory(IDENTITY.server_options(), options)
+        server, client = tls_in_memory(server_options(IDENTITY), options)
         self.assertFalse(client.handshake_done)
         self.assertFalse(server.handshake_done)
         self.assertEqual(server.received, b"")
@@ -632,9 +633,9 @@ class PinningTests(SynchronousTestCase):
     def test_mismatch_flag_is_per_connection(self) -> None:
         """The mismatch flag describes the latest connection: a good one clears it."""
         options = client_tls_options(OTHER_IDENTITY.fingerprint)
-        tls_in_memory(IDENTITY.server_options(), options)
+        tls_in_memory(server_options(IDENTITY), options)
         self.assertTrue(options.mismatch_seen)
-        server, client = tls_in_memory(OTHER_IDENTITY.server_options(), options)
+        server, client = tls_in_memory(server_options(OTHER_IDENTITY), options)
         self.assertEqual(client.received, b"ping")
         self.assertFalse(options.mismatch_seen)
 
@@ -656,7 +657,7 @@ class PinningTests(SynchronousTestCase):
 
     def test_tls11_client_refused(self) -> None:
         """The controller refuses a client that offers only TLS 1.1."""
-        server, client = tls_in_memory(IDENTITY.server_options(), TLS11Client())
+        server, client = tls_in_memory(server_options(IDENTITY), TLS11Client())
         self.assertFalse(server.handshake_done)
         self.assertEqual(server.received, b"")
         assert server.lost is not None
@@ -674,7 +675,7 @@ class RealSocketTests(TestCase):
         server = Recorder(echo=True)
         client = Recorder(greeting=b"ping")
         port = reactor.listenSSL(
-            0, _factory_for(server), IDENTITY.server_options(), interface="127.0.0.1"
+            0, _factory_for(server), server_options(IDENTITY), interface="127.0.0.1"
         )
         self.addCleanup(port.stopListening)
         factory = ClientFactory()

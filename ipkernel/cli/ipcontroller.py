@@ -8,11 +8,18 @@ from twisted.logger import globalLogBeginner
 from twisted.python import usage
 
 from ipkernel import tap
+from ipkernel.cli.command_options import CommandOptions
+
+
+class ControllerOptions(CommandOptions, tap.Options):
+    """Options of ``ipcontroller``: the controller's (:class:`ipkernel.tap.Options`)."""
+
+    synopsis = "Usage: ipcontroller [options]"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options, start the controller service, run the reactor; return the exit code."""
-    options = tap.Options()
+    options = ControllerOptions()
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
     except usage.UsageError as exc:

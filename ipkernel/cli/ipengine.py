@@ -11,11 +11,13 @@ from twisted.logger import Logger, globalLogBeginner
 from twisted.python import usage
 
 from ipkernel import paths, tap
+from ipkernel.cli.command_options import CommandOptions
 
 
-class Options(usage.Options):
+class Options(CommandOptions):
     """Options of ``ipengine``."""
 
+    synopsis = "Usage: ipengine [options]"
     longdesc = (
         "Start one engine: it connects to the controller named by the engine key file, "
         "registers, and runs what clients send it. It waits for the controller if it is "
@@ -28,16 +30,22 @@ class Options(usage.Options):
             None,
             "Engine key file (default: <security-dir>/ipcontroller-engine.furl).",
         ],
-        ["security-dir", None, None, "Security directory (default: $IPKERNEL_DIR/security)."],
+        ["security-dir", None, None, "Where the key files are (default: $IPKERNEL_DIR/security)."],
         ["log-dir", None, None, "Where the log goes (default: $IPKERNEL_DIR/log)."],
     ]
+    metavars = {
+        "furl-file": "FILE",
+        "security-dir": "DIR",
+        "log-dir": "DIR",
+        "property": "KEY=VALUE",
+    }
 
     def __init__(self) -> None:
         super().__init__()
         self["property"] = {}
 
     def opt_property(self, value: str) -> None:
-        """KEY=VALUE: an initial engine property (repeatable); VALUE is a Python literal or text."""
+        """An initial engine property (repeatable); VALUE is a Python literal or text."""
         key, sep, text = value.partition("=")
         if not sep or not key:
             raise usage.UsageError(f"--property needs KEY=VALUE, not {value!r}")

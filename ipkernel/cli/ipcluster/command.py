@@ -1,0 +1,148 @@
+"""The ``ipcluster`` command: ``ipcluster [start] [options]`` or ``ipcluster stop [options]``.
+
+``ipcluster start`` takes the pid file, opens the cluster's log, and runs a
+:class:`~ipkernel.cli.ipcluster.cluster.Cluster` in the reactor until Ctrl-C, SIGTERM,
+``ipcluster stop`` or the controller's end; a second signal kills every child at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from ipkernel import paths
+from ipkernel.cli.ipcluster.cluster import Cluster, ClusterError, StopRequested
+from ipkernel.cli.ipcluster.options import StartOptions
+from ipkernel.cli.ipcluster.output import open_log, running_message
+from ipkernel.cli.ipcluster.pidfile import (
+    ClusterRecord,
+    PidFileError,
+    pid_file_path,
+    remove_pid_file,
+    take_pid_file,
+)
+from ipkernel.cli.ipcluster.stop import stop_main
+from ipkernel.cli.launchers import LauncherError
+
+__all__ = ["main", "start_main"]
+
+
+def _run(cluster: Cluster, out: TextIO, err: TextIO) -> Deferred:
+    """The cluster's life in the reactor; fires with the exit code."""
+
+    @inlineCallbacks
+    def life():
+        try:
+            count = yield cluster.start()
+        except (ClusterError, LauncherError) as exc:
+            print(f"ipcluster: {exc}", file=err, flush=True)
+            yield cluster.stop()
+            return 0 if isinstance(exc, StopRequested) else 1
+        from ipkernel import client as client_module
+
+        has_task = hasattr(client_module, "TaskClient")
+        print(running_message(count, cluster.security, has_task), file=out, flush=True)
+        code, why, announce = yield cluster.ended
+        cluster.note(f"ending: {why}")
+        if announce:
+            print(f"ipcluster: {why}; stopping the engines", file=err, flush=True)
+        yield cluster.stop()
+        return code
+
+    return life()
+
+
+def start_main(options: usage.Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run a cluster with parsed ``options`` until it is stopped; return the exit code."""
+    pid_file = pid_file_path()
+    try:
+        record = take_pid_file(pid_file, err)
+    except (PidFileError, OSError) as exc:
+        print(f"ipcluster: {exc}", file=err)
+        return 1
+    try:
+        log, log_path = open_log(paths.log_dir(options["log-dir"]))
+    except OSError as exc:
+        remove_pid_file(pid_file, record.pid)
+        print(f"ipcluster: cannot open the log: {exc}", file=err)
+        return 1
+    try:
+        return _run_reactor(options, record, pid_file, log, log_path, out, err)
+    finally:
+        remove_pid_file(pid_file, record.pid)
+        log.close()
+
+
+def _run_reactor(
+    options: usage.Options,
+    record: ClusterRecord,
+    pid_file: Path,
+    log: TextIO,
+    log_path: Path,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    from twisted.internet import reactor
+    from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalLogBeginner
+
+    globalLogBeginner.beginLoggingTo(
+        [FileLogObserver(log, formatEventAsClassicLogText)], redirectStandardIO=False
+    )
+    cluster = Cluster(reactor, options, record, pid_file, log, log_path, err)
+    result: list[int] = []
+    signals_seen: list[str] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        signals_seen.append(name)
+        if len(signals_seen) == 1:
+            reactor.callFromThread(cluster.request_stop, name)
+        else:
+            reactor.callFromThread(cluster.kill_now)
+
+    def go() -> None:
+        # After reactor.run() has installed its own handlers: these replace them, so that
+        # a signal ends the cluster (stopping every child) rather than the reactor.
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        d = _run(cluster, out, err)
+        d.addErrback(crashed)
+        d.addCallback(finish)
+
+    def crashed(failure: Failure) -> Deferred:
+        cluster.note(failure.getTraceback())
+        print(f"ipcluster: internal error: {failure.getErrorMessage()} (see {log_path})", file=err)
+        return cluster.stop().addCallback(lambda _: 1)
+
+    def finish(code: int) -> None:
+        result.append(code)
+        reactor.stop()
+
+    reactor.callWhenRunning(go)
+    # If anything else stops the reactor, the children still go first.
+    reactor.addSystemEventTrigger("before", "shutdown", cluster.stop)
+    reactor.run()
+    return result[0] if result else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ipcluster [start] [options]`` or ``ipcluster stop [options]``; return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["stop"]:
+        return stop_main(args[1:])
+    if args[:1] == ["start"]:
+        args = args[1:]
+    options = StartOptions()
+    try:
+        options.parseOptions(args)
+    except usage.UsageError as exc:
+        print(f"ipcluster: {exc}\nTry 'ipcluster --help'.", file=sys.stderr)
+        return 2
+    return start_main(options)
