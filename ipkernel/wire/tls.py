@@ -84,7 +84,7 @@ class ClientPin:
     """The fingerprint a connecting side accepts, and what it saw.
 
     :attr:`mismatch_seen` and :attr:`presented_fingerprint` describe the latest connection
-    made with this pin (as :class:`ipkernel.security.PinnedClientTLS` does).
+    made with this pin, so a refused certificate can be reported as a stale key file.
     """
 
     def __init__(self, fingerprint: str) -> None:
