@@ -17,7 +17,7 @@ import numpy as np
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from ipkernel.client.task import MapTask, StringTask
+from ipkernel.client.task_types import MapTask, StringTask
 from tests.cluster import Cluster, poll
 from tests.test_bigdata import (
     MB,

@@ -16,7 +16,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from ipkernel import paths
-from ipkernel.client.task import AsyncTaskClient, MapTask, StringTask
+from ipkernel.client.task_async import AsyncTaskClient
+from ipkernel.client.task_types import MapTask, StringTask
 from ipkernel.errors import EngineError, TaskAborted
 from ipkernel.security import read_key_file
 from tests.cluster import Cluster, poll

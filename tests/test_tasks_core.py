@@ -27,8 +27,8 @@ from zope.interface.verify import verifyObject
 from ipkernel.adapters.gate import GateRoot
 from ipkernel.adapters.pb_engine import RemoteEngine
 from ipkernel.adapters.pb_task import task_avatar_factory
-from ipkernel.client.task import (
-    AsyncTaskClient,
+from ipkernel.client.task_async import AsyncTaskClient
+from ipkernel.client.task_types import (
     MapTask,
     StringTask,
     Task,
@@ -1066,7 +1066,7 @@ class InMemoryTaskClientTests(SynchronousTestCase):
         self.assertIsInstance(error.results[1], ZeroDivisionError)
         self.assertEqual(error.results[2], 5)
         self.assertIn("ZeroDivisionError", error.elist[0][2].remote_traceback)
-        self.assertNotIn("_map_chunk", error.elist[0][2].remote_traceback)
+        self.assertNotIn("map_chunk", error.elist[0][2].remote_traceback)
 
     def test_abort_and_errors_cross_the_wire(self):
         """abort of a finished task and unknown ids fail with IndexError on the client."""

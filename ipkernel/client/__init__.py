@@ -14,14 +14,9 @@
 
 from ipkernel.client.multiengine import AsyncMultiEngineClient, MultiEngineClient
 from ipkernel.client.results import PendingResult, ResultList
-from ipkernel.client.task import (
-    AsyncTaskClient,
-    MapTask,
-    StringTask,
-    Task,
-    TaskClient,
-    TaskResult,
-)
+from ipkernel.client.task_async import AsyncTaskClient
+from ipkernel.client.task_blocking import TaskClient
+from ipkernel.client.task_types import MapTask, StringTask, Task, TaskResult
 from ipkernel.errors import (
     ClientUnusable,
     CompositeError,

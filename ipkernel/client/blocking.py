@@ -1,10 +1,12 @@
 """The bridge between synchronous callers and the reactor, which runs in a daemon thread.
 
-The synchronous clients are thin: each public method forwards to the asynchronous client
-through :func:`forward`, the one forwarding mechanism. A blocking call goes through
-``twisted.internet.threads.blockingCallFromThread``; Ctrl-C while it waits raises
-``KeyboardInterrupt`` at once, cancels the call's Deferred (its late answer is dropped)
-and leaves the client usable. A non-blocking call returns a
+The synchronous clients are thin: their methods forward to the asynchronous client
+through :func:`forward`, the one forwarding mechanism (the few they write themselves,
+such as ``TaskClient.run``, call the asynchronous client's public methods through
+:class:`ReactorBridge`, or directly where those are safe from any thread). A blocking
+call goes through ``twisted.internet.threads.blockingCallFromThread``; Ctrl-C while it
+waits raises ``KeyboardInterrupt`` at once, cancels the call's Deferred (its late answer
+is dropped) and leaves the client usable. A non-blocking call returns a
 :class:`~ipkernel.client.results.PendingResult` over a ``concurrent.futures.Future``.
 """
 
@@ -105,21 +107,21 @@ def get_bridge() -> ReactorBridge:
         return _bridge
 
 
-def forward(name: str, *, targeted: bool = True) -> Callable[..., Any]:
+def forward(name: str, *, targeted: bool = False, blockable: bool = False) -> Callable[..., Any]:
     """A synchronous method that forwards to the asynchronous client's method ``name``.
 
-    With ``targeted`` the method takes ``targets=`` and ``block=`` keywords whose
-    defaults are the instance's ``targets`` and ``block`` attributes; non-blocking calls
-    return a :class:`PendingResult`. Otherwise the call always blocks.
+    With ``targeted`` the method takes a ``targets=`` keyword whose default is the
+    instance's ``targets`` attribute. With ``blockable`` (implied by ``targeted``) it takes
+    a ``block=`` keyword whose default is the instance's ``block`` attribute, and a
+    non-blocking call returns a :class:`PendingResult`. Otherwise the call always blocks.
     """
+    blockable = blockable or targeted
 
     def method(self, *args: Any, **kwargs: Any) -> Any:
         target = getattr(self._async, name)
-        if not targeted:
-            return self._bridge.call(target, *args, **kwargs)
-        block = kwargs.pop("block", None)
-        if kwargs.get("targets") is None:
+        if targeted and kwargs.get("targets") is None:
             kwargs["targets"] = self.targets
+        block = kwargs.pop("block", None) if blockable else True
         if self.block if block is None else block:
             return self._bridge.call(target, *args, **kwargs)
         pending = PendingResult(self._bridge.submit(target, *args, **kwargs), self)
@@ -130,13 +132,27 @@ def forward(name: str, *, targeted: bool = True) -> Callable[..., Any]:
     return method
 
 
-def forwarded(async_cls: type, targeted: tuple[str, ...], untargeted: tuple[str, ...] = ()):
-    """Class decorator: add forwarding methods with the asynchronous methods' docs."""
+def forwarded(
+    async_cls: type,
+    *,
+    targeted: tuple[str, ...] = (),
+    blockable: tuple[str, ...] = (),
+    blocking: tuple[str, ...] = (),
+) -> Callable[[type], type]:
+    """Class decorator: add forwarding methods with the asynchronous methods' docs.
+
+    ``targeted`` names take ``targets=`` and ``block=``, ``blockable`` names ``block=``
+    only, ``blocking`` names neither (they always block); see :func:`forward`.
+    """
 
     def decorate(cls: type) -> type:
-        for names, is_targeted in ((targeted, True), (untargeted, False)):
+        for names, options in (
+            (targeted, {"targeted": True}),
+            (blockable, {"blockable": True}),
+            (blocking, {}),
+        ):
             for name in names:
-                method = forward(name, targeted=is_targeted)
+                method = forward(name, **options)
                 functools.update_wrapper(method, getattr(async_cls, name), updated=())
                 setattr(cls, name, method)
         return cls

@@ -26,6 +26,7 @@ from twisted.spread import pb
 
 from ipkernel import paths, shm
 from ipkernel.client.blocking import forwarded, get_bridge
+from ipkernel.client.connection import ControllerConnection, describe
 from ipkernel.client.partition import join, split
 from ipkernel.client.results import PendingResult, ResultList, outcomes_to_results
 from ipkernel.errors import SerializationError
@@ -33,7 +34,7 @@ from ipkernel.frames import Serialized
 from ipkernel.interfaces.multiengine import check_targets
 from ipkernel.security import KeyFile, read_key_file
 from ipkernel.serialization import deserialize, deserialize_failure, dump
-from ipkernel.wire.connect import call_controller, login
+from ipkernel.wire.connect import login
 from ipkernel.wire.outgoing import OutgoingPayload
 from ipkernel.wire.received import ReceivedPayload
 from ipkernel.wire.shared import SharedPayload
@@ -110,7 +111,7 @@ class _Turns:
             maybeDeferred(turn.request).chainDeferred(turn.result)
 
 
-class AsyncMultiEngineClient:
+class AsyncMultiEngineClient(ControllerConnection):
     """The MultiEngine interface as Deferreds; build one with :meth:`connect`.
 
     ``transport`` is ``'auto'`` (shared memory with engines on this host, streams
@@ -125,8 +126,7 @@ class AsyncMultiEngineClient:
         transport: str | None = None,
         reactor: Any = None,
     ) -> None:
-        self._avatar = avatar
-        self.source = source
+        super().__init__(avatar, source)
         self.transport = transport_mode(transport)
         self._turns = _Turns()
         self._reactor = reactor
@@ -151,16 +151,13 @@ class AsyncMultiEngineClient:
         transport_mode(transport)  # a bad value fails before connecting
         return login(reactor, keyfile, source=source).addCallback(cls, source, transport, reactor)
 
-    def disconnect(self) -> None:
-        """Close the connection to the controller."""
-        transport = self._avatar.broker.transport
-        if transport is not None:
-            transport.loseConnection()
-
     # Plumbing: every engine call goes through _call / _call_each.
 
-    def _remote(self, method: str, *args: Any) -> Deferred:
-        return call_controller(self._avatar, self.source, method, *args)
+    def _count_engines(self, rows: list, targets: Targets) -> list:
+        """Keep how many engines an answer for ``'all'`` covers (for ``repr``)."""
+        if targets == "all":
+            self.last_engine_count = len(rows)
+        return rows
 
     def _call(
         self,
@@ -174,6 +171,7 @@ class AsyncMultiEngineClient:
         options = self._reply_options(command)
         extra = () if options is None else (options,)
         d = self._turns.send(lambda: self._remote("call", targets, command, args, *extra))
+        d.addCallback(self._count_engines, targets)
         return d.addCallback(self._results, method or command, container)
 
     def _call_each(
@@ -328,19 +326,27 @@ class AsyncMultiEngineClient:
         result = yield self._send_each(ids, command, [ser] * len(ids), method, turn)
         return result
 
-    def _resolve(self, targets: Targets) -> Deferred:
-        """The target ids, in order (one round trip for ``'all'``)."""
+    @inlineCallbacks
+    def _resolve(self, targets: Targets):
+        """The target ids, in order (one round trip for ``'all'``).
+
+        Fails with the controller's :class:`~ipkernel.errors.NoEnginesRegistered` when
+        ``'all'`` finds no engine.
+        """
         ids = check_targets(targets)
-        if ids is not None:
-            return succeed(ids)
-        return self.get_ids()
+        if ids is None:
+            ids = yield self.get_ids()
+            if not ids:
+                # Asked to resolve 'all' itself, the controller fails with its error (or,
+                # should an engine have registered meanwhile, gives its id).
+                ids = yield self._engine_ids(targets)
+        return ids
 
     def get_engine_info(self, targets: Targets = "all") -> Deferred:
         """Fires with ``{id: info}``: each target's registration info (pid, host, ...)."""
         check_targets(targets)
-        return self._remote("get_engine_info", targets).addCallback(
-            lambda rows: {engine_id: dict(info) for engine_id, info in rows}
-        )
+        d = self._remote("get_engine_info", targets).addCallback(self._count_engines, targets)
+        return d.addCallback(lambda rows: {engine_id: dict(info) for engine_id, info in rows})
 
     def transfer_stats(self) -> Deferred:
         """Fires with the controller's open streams and the bytes it holds for them."""
@@ -350,7 +356,7 @@ class AsyncMultiEngineClient:
 
     def get_ids(self) -> Deferred:
         """Fires with the registered engine ids, ascending."""
-        return self._remote("get_ids")
+        return self._remote("get_ids").addCallback(self._count_engines, "all")
 
     def execute(self, code: str, targets: Targets = "all") -> Deferred:
         """Run ``code`` on the targets; fires with a :class:`ResultList` of result dicts."""
@@ -407,6 +413,7 @@ class AsyncMultiEngineClient:
         """Stop the target engines, and the controller too with ``controller=True``."""
         check_targets(targets)
         d = self._turns.send(lambda: self._remote("kill", targets, bool(controller)))
+        d.addCallback(self._count_engines, targets)
         return d.addCallback(lambda pairs: [None] * len(pairs))
 
     def clear_queue(self, targets: Targets = "all") -> Deferred:
@@ -418,6 +425,7 @@ class AsyncMultiEngineClient:
         """Fires with ``[(id, {'queue': [...], 'pending': name or None}), ...]``."""
         check_targets(targets)
         d = self._turns.send(lambda: self._remote("queue_status", targets))
+        d.addCallback(self._count_engines, targets)
         return d.addCallback(lambda rows: [(engine_id, dict(status)) for engine_id, status in rows])
 
     def set_properties(self, properties: dict, targets: Targets = "all") -> Deferred:
@@ -545,7 +553,7 @@ def _is_array(seq: object) -> bool:
         "gather",
         "map",
     ),
-    untargeted=("get_ids", "get_engine_info", "transfer_stats"),
+    blocking=("get_ids", "get_engine_info", "transfer_stats", "close"),
 )
 class MultiEngineClient:
     """The MultiEngine client (blocking by default).
@@ -562,7 +570,6 @@ class MultiEngineClient:
         self,
         furl_or_file: str | Path | None = None,
         *,
-        timeout: float = 10.0,
         transport: str | None = None,
     ) -> None:
         keyfile, source = find_key_file(furl_or_file, paths.MEC_FURL)
@@ -573,6 +580,9 @@ class MultiEngineClient:
         self.targets: Targets = "all"
         self.block: bool = True
         self._pending: weakref.WeakSet[PendingResult] = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return describe(type(self).__name__, self._async, targets=self.targets, block=self.block)
 
     def __getitem__(self, key: str) -> Any:
         """``mec['a']`` pulls ``a`` from the current targets."""
@@ -601,10 +611,6 @@ class MultiEngineClient:
     def parallel(self, targets: Targets | None = None, block: bool | None = None):
         """Decorator: ``@mec.parallel()`` turns ``f`` into ``seq -> map(f, seq)``."""
         return parallel_decorator(self.mapper(targets=targets, block=block))
-
-    def close(self) -> None:
-        """Disconnect from the controller."""
-        self._bridge.reactor.callFromThread(self._async.disconnect)
 
 
 def parallel_decorator(mapper: Any) -> Callable[[Callable], Callable]:

@@ -7,7 +7,8 @@ and its ``depend`` function, separately, into what the controller takes (it sees
 ``retries`` and the shape of the recovery chain). A :class:`TaskResult` is built from the
 controller's record of a finished task.
 
-The clients that submit tasks are in :mod:`ipkernel.client.task`.
+The clients that submit tasks are in :mod:`ipkernel.client.task_async` and
+:mod:`ipkernel.client.task_blocking`.
 """
 
 from __future__ import annotations
@@ -290,9 +291,16 @@ class TaskResult:
     the recovery chain the task in charge is), :attr:`failure` (``None``, or the exception,
     with the remote traceback text in its ``remote_traceback``).
 
-    A failed task's result is returned, not raised: reading :attr:`results`, :attr:`ns` or
-    :attr:`result` raises its failure, and so does :meth:`raise_exception`.
+    The pulled values read three ways: ``tr['a']``, ``tr.ns.a`` and ``tr.results['a']``;
+    ``'a' in tr`` says whether ``a`` was pulled.
+
+    A failed task's result is returned, not raised: reading :attr:`results`, :attr:`ns`,
+    :attr:`result` or ``tr[name]`` (or asking ``name in tr``) raises its failure, and so
+    does :meth:`raise_exception`.
     """
+
+    # Item access does not make a sequence of it: iter() would try tr[0], tr[1], ...
+    __iter__ = None
 
     def __init__(
         self,
@@ -372,6 +380,26 @@ class TaskResult:
         """A :class:`MapTask`'s return value (``None`` for code); raises the failure."""
         self.raise_exception()
         return self._result
+
+    def __getitem__(self, name: str) -> Any:
+        """``tr['a']``: the value of the pulled name ``a``.
+
+        :raises KeyError: naming ``name`` and the names the task pulled.
+        :raises: the task's failure, if it failed.
+        """
+        results = self.results
+        try:
+            return results[name]
+        except KeyError:
+            pulled = ", ".join(map(repr, results)) or "none"
+            raise KeyError(
+                f"{name!r} is not a name task {self.taskid} pulled (its names: {pulled})"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        """``'a' in tr``: whether the task pulled ``a``; raises the failure of a failed
+        task."""
+        return name in self.results
 
     def raise_exception(self) -> None:
         """Raise the task's failure, if it failed; do nothing otherwise."""

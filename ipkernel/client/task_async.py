@@ -1,0 +1,274 @@
+"""The asynchronous Task client: the Task interface as Deferreds, for Twisted code.
+
+::
+
+    tc = yield AsyncTaskClient.connect(reactor, read_key_file(path))
+    taskid = yield tc.run(StringTask("a = 2 ** 10", pull="a"))
+    tr = yield tc.get_task_result(taskid, block=True)
+
+The client serializes each task (:mod:`ipkernel.client.task_types`) into frames that only
+the engine decodes; the controller sees its ``retries`` and the shape of its recovery
+chain, nothing else. Submitting is cheap: ids come from blocks reserved ahead
+(:mod:`ipkernel.client.task_ids`) and tasks leave in batches
+(:mod:`ipkernel.client.task_batches`); large bodies and results travel apart
+(:mod:`ipkernel.client.task_payloads`). A task the controller refuses (which a task built
+here cannot be, short of a protocol mismatch) makes :meth:`~AsyncTaskClient.get_task_result`
+and :meth:`~AsyncTaskClient.barrier` fail with the controller's error for that id.
+
+The blocking :class:`~ipkernel.client.task_blocking.TaskClient` forwards to this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    FirstError,
+    fail,
+    gatherResults,
+    inlineCallbacks,
+)
+from twisted.spread import pb
+
+from ipkernel.client.connection import ControllerConnection
+from ipkernel.client.partition import split
+from ipkernel.client.task_batches import TaskBatches
+from ipkernel.client.task_ids import IdPool, id_list, one_id
+from ipkernel.client.task_map import chunk_count, join_map, map_chunk
+from ipkernel.client.task_payloads import TaskPayloads
+from ipkernel.client.task_types import BaseTask, MapTask, TaskResult, task_to_wire
+from ipkernel.security import KeyFile
+from ipkernel.wire.connect import login
+from ipkernel.wire.transfer import transport_mode
+
+__all__ = ["RESULTS_PER_CALL", "AsyncTaskClient"]
+
+#: Most results asked for in one call (their packed answer must stay under the broker's
+#: string limit).
+RESULTS_PER_CALL = 20_000
+
+
+class AsyncTaskClient(ControllerConnection):
+    """The Task interface as Deferreds; build one with :meth:`connect`.
+
+    Every method returns a Deferred; call them from the reactor thread. :meth:`take_id`
+    and :meth:`send` are the exceptions: any thread may call them.
+
+    ``transport`` is ``'auto'`` (large task bodies and results through shared memory
+    when the controller is on this host, streams otherwise) or ``'stream'`` (always the
+    network); the default is ``$IPKERNEL_TRANSPORT``, else ``'auto'``.
+    """
+
+    def __init__(
+        self,
+        avatar: pb.RemoteReference,
+        source: str = "the key file",
+        reactor: Any = None,
+        transport: str | None = None,
+    ) -> None:
+        super().__init__(avatar, source)
+        self._payloads = TaskPayloads(transport)
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self._reactor = reactor
+        self._ids = IdPool()
+        self._batches = TaskBatches(self._remote, self._payloads, reactor)
+
+    @classmethod
+    @inlineCallbacks
+    def connect(
+        cls,
+        reactor: Any,
+        keyfile: KeyFile,
+        source: str = "the key file",
+        transport: str | None = None,
+    ):
+        """Log in to the Task interface of ``keyfile``'s controller; fires with a client."""
+        transport_mode(transport)  # a bad value fails before connecting
+        avatar = yield login(reactor, keyfile, source=source)
+        client = cls(avatar, source, reactor, transport)
+        yield client._payloads.negotiate(client._remote)
+        return client
+
+    def close(self) -> Deferred:
+        """Wait until every task sent so far has been answered, then disconnect; fires
+        with ``None``."""
+        return self.sync().addBoth(lambda _: self.disconnect())
+
+    def _call(self, method: str, *args: Any, about: Sequence[int] = ()) -> Deferred:
+        """Call the controller after the tasks submitted so far; fail instead with the
+        controller's refusal of any task named in ``about``."""
+        return self._batches.after_sent(
+            lambda: self._batches.refusal(about) or self._remote(method, *args)
+        )
+
+    # Submitting.
+
+    def reserve_ids(self, count: int) -> Deferred:
+        """Fires with the first of ``count`` new task ids reserved for this client."""
+        return self._call("reserve_ids", count)
+
+    def take_id(self) -> int | None:
+        """A task id reserved for this client and not used yet, or ``None`` when none is
+        left (then :meth:`next_id` reserves more). Any thread; no round trip."""
+        return self._ids.take()
+
+    @inlineCallbacks
+    def next_id(self):
+        """Fires with a task id reserved for this client and not used yet."""
+        while True:
+            taskid = self._ids.take()
+            if taskid is not None:
+                return taskid
+            count = self._ids.want()
+            first = yield self.reserve_ids(count)
+            self._ids.add(first, count)
+
+    def run(self, task: BaseTask) -> Deferred:
+        """Submit ``task``; fires with its id once the controller has accepted it (and
+        holds its body: until then a large body's arrays are read, and must not change).
+
+        Fails at once with ``ValueError``/``TypeError`` for a bad option or a looping
+        recovery chain, or ``SerializationError`` naming a value that cannot be pickled.
+        """
+        try:
+            wire = task_to_wire(task)
+        except Exception:
+            return fail()
+        return self.run_wire(wire)
+
+    @inlineCallbacks
+    def run_wire(self, wire: list):
+        """Submit a task already in its wire form (:func:`task_to_wire`); as :meth:`run`."""
+        taskid = yield self.next_id()
+        d: Deferred = Deferred()
+        self.send(taskid, wire, d)
+        yield d
+        return taskid
+
+    def send(self, taskid: int, wire: list, acknowledged: Deferred | None = None) -> None:
+        """Queue the task ``wire`` under the reserved id ``taskid`` (any thread).
+
+        Tasks queued in a row leave together at the next reactor turn, or before the next
+        call to the controller. ``acknowledged`` fires with ``None`` once the controller
+        accepted the task, or errbacks with its refusal.
+        """
+        self._batches.send(taskid, wire, acknowledged)
+
+    def sync(self, timeout: float | None = None) -> Deferred:
+        """Fires with ``None`` once every task sent so far has been answered (or after
+        ``timeout`` seconds, if given, whatever happened)."""
+        return self._batches.sync(timeout)
+
+    # Results and control.
+
+    def get_task_result(self, taskid: int, block: bool = False) -> Deferred:
+        """Fires with the :class:`TaskResult` of ``taskid``, or ``None`` if it is not
+        finished and ``block`` is false. ``IndexError`` for an unknown id."""
+        taskid = one_id(taskid)
+        options = self._payloads.fetch_options()
+        d = self._call("get_task_result", taskid, bool(block), options, about=[taskid])
+        d.addCallback(self._payloads.results)
+        return d.addCallback(
+            lambda records: None if records[0] is None else TaskResult.from_wire(records[0])
+        )
+
+    def get_task_results(self, taskids: Sequence[int], block: bool = False) -> Deferred:
+        """Like :meth:`get_task_result` for several ids, in few round trips: a list."""
+        taskids = id_list(taskids)
+        # Groups small enough that one answer stays well under the broker's size limit.
+        options = self._payloads.fetch_options()
+        step = RESULTS_PER_CALL
+        groups = [taskids[i : i + step] for i in range(0, len(taskids), step)]
+        calls = [
+            self._call("get_task_results", group, bool(block), options, about=group).addCallback(
+                self._payloads.results
+            )
+            for group in groups
+        ]
+        d = gatherResults(calls, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, FirstError) else f)
+        return d.addCallback(
+            lambda answers: [
+                None if r is None else TaskResult.from_wire(r) for rs in answers for r in rs
+            ]
+        )
+
+    def barrier(self, taskids: int | Sequence[int]) -> Deferred:
+        """Fires with ``None`` once every task named is finished (failed ones included)."""
+        taskids = id_list(taskids)
+        return self._call("barrier", taskids, about=taskids)
+
+    def abort(self, taskid: int) -> Deferred:
+        """Cancel a queued or running task; it finishes failed with ``TaskAborted``.
+
+        A running task is interrupted on its engine, which stays usable. Fails with
+        ``IndexError`` ("task ... already completed") for a finished task.
+        """
+        taskid = one_id(taskid)
+        return self._call("abort", taskid, about=[taskid])
+
+    def queue_status(self, verbose: bool = False) -> Deferred:
+        """Fires with ``{'scheduled', 'pending', 'succeeded', 'failed'}``: counts, or with
+        ``verbose=True`` lists of ids."""
+        return self._call("queue_status", bool(verbose)).addCallback(dict)
+
+    def spin(self) -> Deferred:
+        """Ask the controller for a scheduling pass (it runs one on every event anyway)."""
+        return self._call("spin")
+
+    def clear(self) -> Deferred:
+        """Make the controller forget the results of finished tasks."""
+        return self._call("clear")
+
+    @inlineCallbacks
+    def map(
+        self,
+        func: Callable[[Any], Any],
+        seq: Iterable[Any],
+        chunksize: int | None = None,
+        retries: int = 1,
+    ):
+        """``[func(x) for x in seq]``, load balanced: one task per chunk of ``seq``.
+
+        Chunks go to whichever engine is free. ``chunksize`` defaults to a size that
+        gives each engine about :data:`~ipkernel.client.task_map.CHUNKS_PER_ENGINE`
+        chunks. ``retries`` is each chunk's (an exception in ``func`` is not retried: it
+        is that item's failure). With no engine registered the chunks wait for one, as
+        every task does: this never fails with ``NoEnginesRegistered``.
+
+        Fails with :class:`~ipkernel.errors.CompositeError` if any item failed: one
+        ``(item index, 'map', exception)`` entry per failed item in ``elist``, and
+        ``results`` holding every item's value or exception. Cancelling the Deferred
+        aborts the chunks not finished.
+        """
+        if not callable(func):
+            raise TypeError(f"map() needs a callable, not {type(func).__name__}")
+        if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+            raise ValueError(f"chunksize must be a positive int, not {chunksize!r}")
+        items = seq if hasattr(seq, "__len__") and hasattr(seq, "__getitem__") else list(seq)
+        n = len(items)  # type: ignore[arg-type]
+        if n == 0:
+            return []
+        engines = 0
+        if chunksize is None:
+            engines = yield self._call("engine_count")
+            self.last_engine_count = engines
+        parts = split(items, chunk_count(n, chunksize, engines))
+        taskids = []
+        for part in parts:
+            taskid = yield self.next_id()
+            self.send(taskid, task_to_wire(MapTask(map_chunk, (func, part), retries=retries)))
+            taskids.append(taskid)
+        try:
+            results = yield self.get_task_results(taskids, block=True)
+        except CancelledError:
+            for taskid in taskids:
+                self._call("abort", taskid).addErrback(lambda f: None)
+            raise
+        return join_map(results, [len(part) for part in parts])

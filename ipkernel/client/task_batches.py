@@ -1,0 +1,172 @@
+"""Submitting tasks in batches: the tasks a client submits in a row leave together.
+
+:class:`TaskBatches` queues tasks (from any thread) and sends them at the next reactor
+turn, or before the next call to the controller, in ``run_tasks`` messages of at most
+:data:`SEND_MAX_TASKS` tasks and about :data:`SEND_MAX_BYTES` bytes, without waiting for
+each to be acknowledged. It remembers the tasks the controller refused, so that a later
+call naming one fails with the controller's error, and it holds calls back while a batch
+whose large bodies are still arriving has not been answered.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, gatherResults
+
+from ipkernel.client.task_payloads import TaskPayloads
+from ipkernel.errors import error_from_wire
+from ipkernel.frames import Serialized
+from ipkernel.interfaces.records import TASK_SUBMIT
+
+__all__ = ["SEND_MAX_BYTES", "SEND_MAX_TASKS", "TaskBatches", "carries_payloads"]
+
+#: Most tasks, and about the most bytes, sent in one ``run_tasks`` message.
+SEND_MAX_TASKS = 2048
+SEND_MAX_BYTES = 8 * 1024 * 1024
+
+#: A queued task: its id, its wire form, and the Deferred to fire once it is answered.
+Queued = tuple[int, list, Deferred | None]
+
+
+class TaskBatches:
+    """The tasks one client submitted, on their way to the controller.
+
+    :param call_remote: ``call_remote(method, *args)`` calls the controller (a Deferred).
+    :param payloads: the client's payload policy, which packs large bodies.
+    :param reactor: gives ``callFromThread`` (and ``callLater``, for :meth:`sync`'s
+        timeout).
+    """
+
+    def __init__(
+        self, call_remote: Callable[..., Deferred], payloads: TaskPayloads, reactor: Any
+    ) -> None:
+        self._call_remote = call_remote
+        self._payloads = payloads
+        self._reactor = reactor
+        self._lock = threading.Lock()
+        self._outgoing: list[Queued] = []
+        self._flush_scheduled = False
+        self._unacked: set[Deferred] = set()
+        # The batches with large bodies not answered yet.
+        self._with_bodies: set[Deferred] = set()
+        self._rejected: dict[int, BaseException] = {}
+
+    def send(self, taskid: int, wire: list, acknowledged: Deferred | None = None) -> None:
+        """Queue the task ``wire`` under the reserved id ``taskid`` (any thread).
+
+        Tasks queued in a row leave together at the next reactor turn, or before the next
+        call to the controller. ``acknowledged`` fires with ``None`` once the controller
+        accepted the task, or errbacks with its refusal.
+        """
+        with self._lock:
+            self._outgoing.append((taskid, wire, acknowledged))
+            schedule = not self._flush_scheduled
+            self._flush_scheduled = True
+        if schedule:
+            self._reactor.callFromThread(self.flush)
+
+    def flush(self) -> None:
+        """Send every queued task now, in as few messages as the limits allow."""
+        with self._lock:
+            outgoing, self._outgoing = self._outgoing, []
+            self._flush_scheduled = False
+        start = 0
+        while start < len(outgoing):
+            stop, size = start, 0
+            while stop < len(outgoing) and stop - start < SEND_MAX_TASKS and size < SEND_MAX_BYTES:
+                size += _wire_size(outgoing[stop][1])
+                stop += 1
+            self._send_batch(outgoing[start:stop])
+            start = stop
+
+    def after_sent(self, call: Callable[[], Deferred]) -> Deferred:
+        """Send the queued tasks, then ``call()``; returns its Deferred.
+
+        Tasks submitted before a call must reach the controller before it. A batch with
+        large bodies is accepted only once they have arrived, after later calls may have:
+        while one is not answered, ``call`` waits for it.
+        """
+        self.flush()
+        if not self._with_bodies:
+            return call()
+        return gatherResults(list(self._with_bodies), consumeErrors=True).addBoth(lambda _: call())
+
+    def refusal(self, taskids: Iterable[int]) -> Deferred | None:
+        """A failed Deferred if the controller refused one of ``taskids``, else None."""
+        for taskid in taskids:
+            error = self._rejected.get(taskid)
+            if error is not None:
+                return fail(error)
+        return None
+
+    def sync(self, timeout: float | None = None) -> Deferred:
+        """Fires with ``None`` once every task sent so far has been answered (or after
+        ``timeout`` seconds, if given, whatever happened)."""
+        self.flush()
+        d = gatherResults(list(self._unacked), consumeErrors=True)
+        if timeout is not None:
+            d.addTimeout(timeout, self._reactor)
+        return d.addBoth(lambda _: None)
+
+    def _send_batch(self, batch: list[Queued]) -> None:
+        records = []
+        # Large bodies travel apart: record index -> payload (the record's body is None).
+        payloads: dict[int, Any] = {}
+        for taskid, wire, _ in batch:
+            for n, (retries, body, depend) in enumerate(wire):
+                if isinstance(body, Serialized):
+                    payloads[len(records)] = self._payloads.pack(body)
+                    body = None
+                records.append(((taskid if n == 0 else -1, retries), (body, depend)))
+        try:
+            args: tuple = (TASK_SUBMIT.pack(records),)
+            if payloads:
+                args += (payloads,)
+            d = self._call_remote("run_tasks", *args)
+        except Exception as exc:
+            d = Deferred()
+            d.errback(exc)
+        if payloads:
+            # Once answered, the controller holds every body (or has refused it).
+            d.addBoth(self._payloads.sent, list(payloads.values()))
+            self._with_bodies.add(d)
+            d.addBoth(lambda result: self._with_bodies.discard(d) or result)
+        self._unacked.add(d)
+
+        def answered(refused: list) -> None:
+            for taskid, type_name, message in refused:
+                self._rejected[taskid] = error_from_wire(str(type_name), str(message))
+            for taskid, _, ack in batch:
+                if ack is None:
+                    continue
+                error = self._rejected.get(taskid)
+                if error is None:
+                    ack.callback(None)
+                else:
+                    ack.errback(error)
+
+        def failed(failure: Any) -> None:
+            for taskid, _, ack in batch:
+                self._rejected[taskid] = failure.value
+                if ack is not None:
+                    ack.errback(failure.value)
+
+        d.addCallbacks(answered, failed)
+        d.addBoth(lambda _: self._unacked.discard(d))
+
+
+def carries_payloads(wire: list[list]) -> bool:
+    """Whether a task's wire form has a large body, which travels apart from its batch."""
+    return any(isinstance(body, Serialized) for _, body, _ in wire)
+
+
+def _wire_size(wire: list[list]) -> int:
+    """The bytes a task's wire form puts in the ``run_tasks`` message itself."""
+    return sum(
+        (0 if isinstance(body, Serialized) else sum(len(f) for f in body))
+        + (sum(len(f) for f in depend) if depend else 0)
+        for _, body, depend in wire
+    )
