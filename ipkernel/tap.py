@@ -127,16 +127,16 @@ class ControllerListeners(Service):
         def multiengine_avatar(broker):
             return MultiEngineAdapter(controller.multiengine)
 
-        engine_root = GateRoot([(keys.engine_secret, engine_avatar)])
+        reactor = self.reactor
+        engine_root = GateRoot([(keys.engine_secret, engine_avatar)], reactor)
         client_roles = [(keys.mec_secret, multiengine_avatar)]
         task_avatar = getattr(controller, "task_avatar", None)
         if task_avatar is not None:
             client_roles.append((keys.tc_secret, task_avatar))
-        client_root = GateRoot(client_roles)
+        client_root = GateRoot(client_roles, reactor)
 
         engine_port = opts["engine-port"] or old_engine_port or 0
         client_port = opts["client-port"] or old_client_port or 0
-        reactor = self.reactor
         self.ports = [
             listen_tls(reactor, engine_port, ServerFactory(engine_root), tls, interface=ip),
             listen_tls(reactor, client_port, ServerFactory(client_root), tls, interface=ip),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -14,7 +15,9 @@ from tests.fakes import FakeEngine
 class ServiceMixin:
     def make(self, n: int = 2):
         self.stops = []
-        self.service = ControllerService(on_stop_requested=lambda: self.stops.append(1))
+        self.service = ControllerService(
+            clock=Clock(), on_stop_requested=lambda: self.stops.append(1)
+        )
         self.engines = [FakeEngine() for _ in range(n)]
         for engine in self.engines:
             self.service.register_engine(engine)
@@ -42,6 +45,29 @@ class RegistryTests(ServiceMixin, SynchronousTestCase):
         self.assertEqual(self.service.register_engine(FakeEngine(), requested_id=5), 5)
         self.assertEqual(self.service.register_engine(FakeEngine(), requested_id=5), 6)
         self.assertEqual(self.service.register_engine(FakeEngine()), 7)
+
+    def test_listeners_hear_of_engines_with_their_queues(self):
+        """Arrivals are told once the engine's queue exists; departures once its queue is
+        gone and the registry no longer holds it; property changes as reported."""
+        self.make(0)
+        heard = []
+        service = self.service
+        service.on_engine_added(
+            lambda e: heard.append(("added", e, e in service.queues, e in service.registry))
+        )
+        service.on_engine_removed(
+            lambda e: heard.append(("removed", e, e in service.queues, e in service.registry))
+        )
+        service.on_properties_changed(lambda e, v: heard.append(("properties", e, v)))
+        engine = FakeEngine()
+        service.register_engine(engine)
+        service.properties_changed(0, 3)
+        engine.die()
+        service.unregister_engine(0)
+        self.assertEqual(
+            heard,
+            [("added", 0, True, True), ("properties", 0, 3), ("removed", 0, False, False)],
+        )
 
     def test_no_engines(self):
         """Any call with no engines registered fails with NoEnginesRegistered."""

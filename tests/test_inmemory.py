@@ -30,7 +30,7 @@ class Grid:
 
     def __init__(self, testcase: SynchronousTestCase, n: int = 2, secret: str = SECRET) -> None:
         self.testcase = testcase
-        self.service = ControllerService()
+        self.service = ControllerService(clock=Clock())
         self.engines = []
         for _ in range(n):
             core = EngineCore(Interpreter(), Properties())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ipkernel.controller.scheduler import (
+import ipkernel.controller.scheduler as scheduler_package
+from ipkernel.controller.scheduler.decisions import (
     ABORTED,
     ENGINE_ERROR,
     FAILED,
@@ -14,10 +17,10 @@ from ipkernel.controller.scheduler import (
     RecoveryDropped,
     RecoveryQueued,
     RunTask,
-    Scheduler,
     TaskDone,
     TaskState,
 )
+from ipkernel.controller.scheduler.machine import Scheduler
 
 
 class FifoTests(SynchronousTestCase):
@@ -502,6 +505,77 @@ class SlotTests(SynchronousTestCase):
         self.assertEqual(s.engine_removed(0), [TaskDone(2, False, ENGINE_ERROR), RunTask(1, 1)])
 
 
+class CapacityTests(SynchronousTestCase):
+    """The capacity events: slots per engine, and engines busy with a batch in flight."""
+
+    def test_busy_engines_get_nothing(self) -> None:
+        """A busy engine is skipped by scheduling passes until it is free again; neither
+        event runs a pass itself."""
+        s = Scheduler(slots_per_engine=4)
+        s.engine_added(0)
+        self.assertIsNone(s.engine_busy(0))
+        self.assertEqual(s.submit(1), [])
+        self.assertIsNone(s.engine_free(0))
+        self.assertEqual(s.state(1), TaskState.SCHEDULED)
+        self.assertEqual(s.spin(), [RunTask(1, 0)])
+
+    def test_busy_engine_keeps_its_tasks(self) -> None:
+        """Busy engines still report on the tasks they hold, and other engines take the
+        queue meanwhile."""
+        s = Scheduler(slots_per_engine=2)
+        s.engine_added(0)
+        self.assertEqual(s.submit(1), [RunTask(1, 0)])
+        s.engine_busy(0)
+        s.submit(2)
+        self.assertEqual(s.task_finished(1, 0, True), [TaskDone(1, True)])
+        self.assertEqual(s.engine_added(1), [RunTask(2, 1)])
+
+    def test_returned_task_keeps_its_place_and_attempts(self) -> None:
+        """A task handed back unstarted goes back to its place in the queue, and the run
+        that never started is not counted as an attempt."""
+        s = Scheduler(slots_per_engine=2)
+        s.engine_added(0)
+        self.assertEqual(s.submit(1), [RunTask(1, 0)])
+        self.assertEqual(s.submit(2), [RunTask(2, 0)])
+        s.submit(3)
+        s.engine_busy(0)
+        self.assertEqual(s.task_returned(2, 0), [])
+        self.assertEqual((s.attempts(2), s.status()["scheduled"]), (0, [2, 3]))
+        self.assertEqual(s.task_returned(2, 0), [])
+        self.assertEqual(s.task_returned(9, 5), [])
+        s.engine_free(0)
+        self.assertEqual(s.spin(), [RunTask(2, 0)])
+
+    def test_busy_mark_leaves_with_the_engine(self) -> None:
+        """An engine that leaves busy and comes back under the same id is not busy; busy
+        events about unknown engines change nothing."""
+        s = Scheduler()
+        s.engine_added(0)
+        s.engine_busy(0)
+        s.engine_removed(0)
+        s.engine_busy(7)
+        s.submit(1)
+        self.assertEqual(s.engine_added(0), [RunTask(1, 0)])
+        s.engine_free(7)
+        self.assertEqual(s.engine_added(7), [])
+
+    def test_set_slots(self) -> None:
+        """More slots let an engine hold more tasks once its load changes; setting them
+        decides nothing by itself; fewer than one are refused, and nothing changes then."""
+        s = Scheduler()
+        s.engine_added(0)
+        self.assertEqual(s.submit(1), [RunTask(1, 0)])
+        s.submit(2)
+        s.submit(3)
+        self.assertIsNone(s.set_slots(2))
+        self.assertEqual(s.slots_per_engine, 2)
+        self.assertEqual(
+            s.task_finished(1, 0, True), [TaskDone(1, True), RunTask(2, 0), RunTask(3, 0)]
+        )
+        self.assertRaises(ValueError, s.set_slots, 0)
+        self.assertEqual(s.slots_per_engine, 2)
+
+
 class StatusTests(SynchronousTestCase):
     """status() and counts() report tasks by state, as queue_status does."""
 
@@ -537,3 +611,22 @@ class StatusTests(SynchronousTestCase):
         self.assertRaises(IndexError, s.state, 1)
         self.assertEqual(s.counts()["failed"], 0)
         self.assertEqual(s.task_finished(1, 0, True), [RunTask(3, 0)])
+
+
+class PurityTests(SynchronousTestCase):
+    def test_imports_nothing_of_twisted_or_ipkernel(self) -> None:
+        """Every module of the scheduler package imports only the standard library and
+        its own package (relative imports): no Twisted, no other part of ipkernel."""
+        package = Path(scheduler_package.__file__).parent
+        for path in sorted(package.glob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level:
+                    names = [node.module or ""]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    self.assertNotIn(top, ("twisted", "ipkernel", "zope"), f"{path.name}: {name}")

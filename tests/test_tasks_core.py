@@ -35,10 +35,10 @@ from ipkernel.client.task_types import (
     TaskResult,
     task_to_wire,
 )
-from ipkernel.controller.scheduler import RunTask
 from ipkernel.controller.service import ControllerService
 from ipkernel.controller.store import ITaskStore, MemoryStore, TaskRecord, TaskSpec
-from ipkernel.controller.tasks import MAX_CHAIN, BatchScheduler, TaskController, parse_task
+from ipkernel.controller.submission import MAX_CHAIN, parse_task
+from ipkernel.controller.tasks import TaskController
 from ipkernel.engine.core import EngineCore
 from ipkernel.engine.interpreter import Interpreter
 from ipkernel.engine.properties import Properties
@@ -132,7 +132,6 @@ class Rig:
     def add_engine(self) -> TaskEngine:
         engine = TaskEngine()
         self.service.register_engine(engine)
-        self.clock.advance(0)
         self.engines.append(engine)
         return engine
 
@@ -276,33 +275,6 @@ class PackedRecordsTests(SynchronousTestCase):
         self.assertEqual(back[2], {**record2.to_wire(), "value": [b"v"]})
 
 
-class BatchSchedulerTests(SynchronousTestCase):
-    def test_busy_engines_get_nothing(self):
-        """A busy engine is skipped by scheduling passes until it is free again."""
-        s = BatchScheduler(slots_per_engine=4)
-        s.engine_added(0)
-        s.busy.add(0)
-        self.assertEqual(s.submit(1), [])
-        s.busy.discard(0)
-        self.assertEqual(s.spin(), [RunTask(1, 0)])
-
-    def test_returned_task_keeps_its_place_and_attempts(self):
-        """A task handed back unstarted goes back to its place in the queue, and the run
-        that never started is not counted as an attempt."""
-        s = BatchScheduler(slots_per_engine=2)
-        s.engine_added(0)
-        self.assertEqual(s.submit(1), [RunTask(1, 0)])
-        self.assertEqual(s.submit(2), [RunTask(2, 0)])
-        s.submit(3)
-        s.busy.add(0)
-        self.assertEqual(s.task_returned(2, 0), [])
-        self.assertEqual((s.attempts(2), s.status()["scheduled"]), (0, [2, 3]))
-        self.assertEqual(s.task_returned(2, 0), [])
-        self.assertEqual(s.task_returned(9, 5), [])
-        s.busy.discard(0)
-        self.assertEqual(s.spin(), [RunTask(2, 0)])
-
-
 # -- the task controller with fake engines ------------------------------------------------------
 
 
@@ -312,7 +284,8 @@ class ControllerBasicsTests(SynchronousTestCase):
         verifyObject(ITaskController, Rig(0).tasks)
 
     def test_task_waits_for_the_first_engine(self):
-        """A task submitted before any engine exists is sent to the first one registered."""
+        """A task submitted before any engine exists is sent to the first one registered,
+        during its registration: no reactor turn is needed."""
         rig = Rig(0)
         tid = rig.run()
         self.assertEqual(
@@ -320,6 +293,7 @@ class ControllerBasicsTests(SynchronousTestCase):
         )
         engine = rig.add_engine()
         self.assertEqual(engine.last_batch(), [tid])
+        self.assertEqual(rig.clock.getDelayedCalls(), [])
         rig.ok(engine)
         record = rig.record(tid)
         self.assertEqual(
@@ -386,8 +360,9 @@ class ControllerBasicsTests(SynchronousTestCase):
         done.outcome = ("ok", [b"old"])
         store.add(done)
         store.add(TaskRecord(1, parse_task(plain()), submitted=1.0, state="pending", engine_id=4))
-        service = ControllerService(clock=Clock())
-        controller = TaskController(service, store=store, clock=service.tasks.clock)
+        clock = Clock()
+        service = ControllerService(clock=clock)
+        controller = TaskController(service, store=store, clock=clock)
         self.assertEqual(controller.queue_status(verbose=True)["scheduled"], [1])
         self.assertEqual(self.successResultOf(controller.get_task_result(0))["value"], [b"old"])
 
@@ -402,10 +377,10 @@ class BatchingTests(SynchronousTestCase):
         self.assertEqual((e0.last_batch(), e1.last_batch()), ([ids[0]], [ids[1]]))
         rig.ok(e0, seconds=1e-5)
         big = e0.last_batch()
-        self.assertEqual(len(big), rig.tasks.max_batch)
+        self.assertEqual(len(big), rig.tasks.sizer.max_batch)
         self.assertEqual(big, ids[2 : 2 + len(big)])
         rig.ok(e1, seconds=1e-5)
-        self.assertEqual(len(e1.last_batch()), rig.tasks.max_batch)
+        self.assertEqual(len(e1.last_batch()), rig.tasks.sizer.max_batch)
         # Drain: batches shrink as the queue does.
         while rig.tasks.queue_status()["pending"]:
             for engine in (e0, e1):
@@ -975,7 +950,6 @@ class Grid:
                 lambda version, core=core: self.service.properties_changed(core.id, version)
             )
             self.engines.append(core)
-        self.clock.advance(0)
         root = GateRoot([(SECRET, task_avatar_factory(self.service.tasks))], self.clock)
         server_factory, client_factory = ServerFactory(root), ClientFactory()
         _, _, self.pump = connectedServerAndClient(

@@ -10,8 +10,8 @@ A wrong secret is answered with ``StaleKeyFile`` and the connection is dropped.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.spread import pb
 from twisted.spread.flavors import IPBRoot
 from zope.interface import implementer
@@ -24,17 +24,17 @@ AvatarFactory = Callable[[pb.Broker], pb.Referenceable]
 
 @implementer(IPBRoot)
 class GateRoot:
-    """One per listening port: ``roles`` maps each role's secret to its avatar factory."""
+    """One per listening port: ``roles`` maps each role's secret to its avatar factory.
 
-    def __init__(self, roles: list[tuple[str, AvatarFactory]], clock: Any = None) -> None:
+    ``clock`` (an ``IReactorTime``) is what each connection's :class:`Gate` uses to hang
+    up after a refusal has been sent.
+    """
+
+    def __init__(self, roles: list[tuple[str, AvatarFactory]], clock: IReactorTime) -> None:
         self.roles = roles
         self._clock = clock
 
     def rootObject(self, broker: pb.Broker) -> Gate:  # noqa: N802 - Twisted's name
-        if self._clock is None:
-            from twisted.internet import reactor
-
-            self._clock = reactor
         return Gate(self.roles, broker, self._clock)
 
 
@@ -42,7 +42,7 @@ class Gate(pb.Referenceable):
     """A connection's way in: one ``login`` attempt."""
 
     def __init__(
-        self, roles: list[tuple[str, AvatarFactory]], broker: pb.Broker, clock: Any
+        self, roles: list[tuple[str, AvatarFactory]], broker: pb.Broker, clock: IReactorTime
     ) -> None:
         self._roles = roles
         self._broker = broker

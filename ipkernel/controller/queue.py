@@ -8,7 +8,6 @@ Deferred at once and it fires when the engine has answered.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -33,7 +32,6 @@ class EngineQueue:
         self._pending: str | None = None
         self._closed: str | None = None
         self._draining = False
-        self._idle_listeners: list[Callable[[], None]] = []
 
     def submit(self, command: str, args: list, options: dict | None = None) -> Deferred:
         """Queue ``command(*args)``; the Deferred fires with its outcome (never errbacks).
@@ -49,15 +47,6 @@ class EngineQueue:
         if self._pending is None:
             self._next()
         return d
-
-    @property
-    def idle(self) -> bool:
-        """True when nothing is running or waiting."""
-        return self._pending is None and not self._waiting
-
-    def on_idle(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` each time the queue becomes empty with nothing running."""
-        self._idle_listeners.append(listener)
 
     def status(self) -> dict:
         """``{'queue': [names of waiting commands], 'pending': running command or None}``."""
@@ -105,9 +94,6 @@ class EngineQueue:
                 call.addBoth(self._finished, d)
         finally:
             self._draining = False
-        if self._pending is None and not self._waiting:
-            for listener in list(self._idle_listeners):
-                listener()
 
     def _finished(self, outcome: Any, d: Deferred) -> None:
         self._pending = None

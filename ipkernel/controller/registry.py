@@ -8,31 +8,25 @@ the next id never given out before.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from zope.interface.verify import verifyObject
 
 from ipkernel.errors import InvalidEngineID, NoEnginesRegistered
 from ipkernel.interfaces.engine import IEngine
 from ipkernel.interfaces.multiengine import check_targets
 
-Listener = Callable[[int], None]
-
 
 class EngineRegistry:
-    """Engines by id, with listeners told of every arrival and departure."""
+    """Engines by id."""
 
     def __init__(self) -> None:
         self._engines: dict[int, IEngine] = {}
         self._next_id = 0
-        self._added: list[Listener] = []
-        self._removed: list[Listener] = []
 
     def register(self, engine: IEngine, requested_id: int | None = None) -> int:
         """Add ``engine``, set ``engine.id`` and return it.
 
         ``requested_id`` is granted when it is a non-negative int no connected engine
-        holds. Listeners added with :meth:`on_added` are called after the engine is in.
+        holds.
         """
         verifyObject(IEngine, engine, tentative=True)
         if (
@@ -49,24 +43,11 @@ class EngineRegistry:
         self._next_id = max(self._next_id, engine_id + 1)
         engine.id = engine_id
         self._engines[engine_id] = engine
-        for listener in list(self._added):
-            listener(engine_id)
         return engine_id
 
     def unregister(self, engine_id: int) -> None:
-        """Remove an engine (no error if it is already gone); tell the listeners."""
-        if self._engines.pop(engine_id, None) is None:
-            return
-        for listener in list(self._removed):
-            listener(engine_id)
-
-    def on_added(self, listener: Listener) -> None:
-        """Call ``listener(engine_id)`` after each registration."""
-        self._added.append(listener)
-
-    def on_removed(self, listener: Listener) -> None:
-        """Call ``listener(engine_id)`` after each departure."""
-        self._removed.append(listener)
+        """Remove an engine (no error if it is already gone)."""
+        self._engines.pop(engine_id, None)
 
     def ids(self) -> list[int]:
         """The registered ids, ascending."""

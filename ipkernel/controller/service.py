@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ipkernel.controller.multiengine import MultiEngine
@@ -19,30 +20,49 @@ from ipkernel.controller.registry import EngineRegistry
 from ipkernel.controller.tasks import TaskController
 from ipkernel.interfaces.engine import IEngine
 
+EngineListener = Callable[[int], Any]
+PropertiesListener = Callable[[int, int], Any]
+
 
 class ControllerService(MultiService):
     """Engine registry, one queue per engine, and the MultiEngine and Task services over them.
 
-    ``on_stop_requested`` is called when a client asks for the controller to stop
-    (``mec.kill(controller=True)``); the program that runs the service decides what that
-    means (``ipcontroller`` stops its reactor). No method here stops a reactor.
-    ``clock`` (an ``IReactorTime``, the global reactor by default) is what the task
-    controller (:attr:`tasks`) uses to wait for the next reactor turn.
+    ``clock`` (an ``IReactorTime``) is what the task controller (:attr:`tasks`) uses to
+    wait for the next reactor turn. ``on_stop_requested`` is called when a client asks
+    for the controller to stop (``mec.kill(controller=True)``); the program that runs the
+    service decides what that means (``ipcontroller`` stops its reactor). No method here
+    stops a reactor.
     """
 
     log = Logger()
 
     def __init__(
-        self, on_stop_requested: Callable[[], Any] | None = None, clock: Any = None
+        self, *, clock: IReactorTime, on_stop_requested: Callable[[], Any] | None = None
     ) -> None:
         super().__init__()
         self.registry = EngineRegistry()
         self.queues: dict[int, EngineQueue] = {}
         self._on_stop_requested = on_stop_requested
+        self._added: list[EngineListener] = []
+        self._removed: list[EngineListener] = []
+        self._properties: list[PropertiesListener] = []
         self.multiengine = MultiEngine(self.registry, self.queues, self.request_stop)
-        self.properties_listeners: list[Callable[[int, int], Any]] = []
         #: The Task service (:class:`~ipkernel.interfaces.ITaskController`).
         self.tasks = TaskController(self, clock=clock)
+
+    def on_engine_added(self, listener: EngineListener) -> None:
+        """Call ``listener(engine_id)`` after each registration, once the engine's queue
+        exists."""
+        self._added.append(listener)
+
+    def on_engine_removed(self, listener: EngineListener) -> None:
+        """Call ``listener(engine_id)`` after each departure, once the engine's queue is
+        closed and the registry no longer holds it."""
+        self._removed.append(listener)
+
+    def on_properties_changed(self, listener: PropertiesListener) -> None:
+        """Call ``listener(engine_id, version)`` each time an engine reports new properties."""
+        self._properties.append(listener)
 
     def register_engine(self, engine: IEngine, requested_id: int | None = None) -> int:
         """Add a connected engine; return its id. It leaves when it disconnects."""
@@ -53,6 +73,8 @@ class ControllerService(MultiService):
         self.log.info(
             "engine {engine_id} registered: {info}", engine_id=engine_id, info=engine.info
         )
+        for listener in list(self._added):
+            listener(engine_id)
         return engine_id
 
     def unregister_engine(self, engine_id: int) -> None:
@@ -63,10 +85,12 @@ class ControllerService(MultiService):
         queue.close(f"engine {engine_id} died or disconnected before running this command")
         self.registry.unregister(engine_id)
         self.log.info("engine {engine_id} unregistered", engine_id=engine_id)
+        for listener in list(self._removed):
+            listener(engine_id)
 
     def properties_changed(self, engine_id: int, version: int) -> None:
         """An engine reports new properties (the task scheduler re-checks waiting tasks)."""
-        for listener in list(self.properties_listeners):
+        for listener in list(self._properties):
             listener(engine_id, version)
 
     def request_stop(self) -> None:

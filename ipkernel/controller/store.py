@@ -83,7 +83,7 @@ class TaskSpec:
 
     body: Frames | HeldPayload
     depend: Frames | None
-    digest: str | None
+    digest: bytes | None
     retries: int
 
 

@@ -1,182 +1,32 @@
-"""The task scheduler: a pure state machine that decides where and when each task runs.
+"""The scheduler's state machine: :class:`Scheduler`, its events, queries and passes.
 
-Events in, decisions out, no I/O. The task controller feeds the scheduler what happened
-(a task was submitted, an engine arrived or left, an engine finished or declined a task,
-an engine's properties changed, a user aborted a task) and carries out the decisions each
-event returns (:class:`RunTask`, :class:`InterruptTask`) and records the others
-(:class:`TaskDone`, :class:`RecoveryQueued`, :class:`RecoveryDropped`). The scheduler never
-touches the network, the reactor or the clock, and knows tasks and engines only by their
-integer ids, so every behaviour is pinned down by plain function calls.
-
-Model
------
-A task is in one of five states (:class:`TaskState`): ``standby`` (a recovery task known
-ahead of time and queued only if needed), ``scheduled`` (queued, waiting for an engine),
-``pending`` (sent to an engine), ``succeeded`` and ``failed``. As in IPython 0.9's
-``queue_status``, *scheduled* tasks wait in the queue and *pending* tasks are on engines.
-
-Each engine has ``slots_per_engine`` slots (1 by default: one task at a time). After every
-event the scheduler runs a scheduling pass: while some engine has a free slot, the least
-loaded engine (ties by lowest id) gets the first task in queue order that it can take. A
-task it cannot take stays where it is and does not hold back the tasks behind it.
-
-Queue order is first in, first out. A task that goes back to the queue (a retry, or a
-decline) keeps its original place, ahead of everything submitted after it: in plain FIFO
-that is the front of the queue. A recovery task takes the place of the task it recovers.
-Subclasses change the order by overriding :meth:`Scheduler.priority`.
-
-Retries and recovery: ``retries`` counts re-runs, so ``retries=2`` allows three attempts.
-A failed attempt, or an engine that leaves while running the task, uses up one retry; a
-task with none left finishes failed (:class:`TaskDone` with reason ``"failed"`` or
-``"EngineError"``) and, if it has a recovery task, that task is queued
-(:class:`RecoveryQueued`). Recovery tasks may have their own recovery task. When a task
-finishes without needing its recovery chain (success or abort), the chain is dropped
-(:class:`RecoveryDropped`).
-
-Dependencies: a task submitted with ``has_depend`` carries a ``depend`` function that only
-the engine evaluates, against its own properties, as the first step of a run. A
-:class:`RunTask` for such a task is therefore tentative: the engine either runs it (and
-reports :meth:`Scheduler.task_finished`) or declines it (:meth:`Scheduler.task_declined`,
-naming the properties version it judged). The scheduler remembers each verdict per
-(task, engine, properties version) and does not offer that task to that engine again until
-the engine's properties change (:meth:`Scheduler.properties_changed`).
-
-Cost: tasks without ``depend`` live in one shared heap, so each event costs O(log n) in the
-number of queued tasks; tasks with ``depend`` are also indexed per engine, so submitting
-one costs O(engines * log n) and a property change re-indexes that engine's candidates.
+The model it follows (states, slots, queue order, retries, recovery, dependencies) is
+described in :mod:`ipkernel.controller.scheduler`.
 """
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "ABORTED",
-    "ENGINE_ERROR",
-    "FAILED",
-    "Decision",
-    "InterruptTask",
-    "RecoveryDropped",
-    "RecoveryQueued",
-    "RunTask",
-    "Scheduler",
-    "TaskDone",
-    "TaskState",
-]
+from .decisions import (
+    ABORTED,
+    ENGINE_ERROR,
+    FAILED,
+    Decision,
+    InterruptTask,
+    RecoveryDropped,
+    RecoveryQueued,
+    RunTask,
+    TaskDone,
+    TaskState,
+)
+from .entries import EngineEntry, TaskEntry
+from .ready import ReadyQueue
 
-#: :attr:`TaskDone.reason` of a task whose user code failed on its last attempt.
-FAILED = "failed"
-#: :attr:`TaskDone.reason` of a task whose engine left while running its last attempt.
-ENGINE_ERROR = "EngineError"
-#: :attr:`TaskDone.reason` of a task cancelled by :meth:`Scheduler.abort`.
-ABORTED = "TaskAborted"
-
-
-class TaskState(enum.StrEnum):
-    """Where a task stands; the values are the keys of :meth:`Scheduler.status`."""
-
-    STANDBY = "standby"
-    SCHEDULED = "scheduled"
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class RunTask:
-    """Send task ``taskid`` to engine ``engine_id`` (tentatively, if it has ``depend``)."""
-
-    taskid: int
-    engine_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class InterruptTask:
-    """Interrupt engine ``engine_id``, which is running the aborted task ``taskid``.
-
-    The engine's slot stays taken until the engine reports back on ``taskid`` (finished
-    or declined) or leaves.
-    """
-
-    taskid: int
-    engine_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class TaskDone:
-    """Task ``taskid`` is finished; record its outcome.
-
-    ``reason`` is ``None`` on success, else :data:`FAILED`, :data:`ENGINE_ERROR` or
-    :data:`ABORTED`.
-    """
-
-    taskid: int
-    succeeded: bool
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryQueued:
-    """Task ``taskid`` failed for good; its recovery task ``recovery_id`` is now queued."""
-
-    taskid: int
-    recovery_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryDropped:
-    """Standby recovery task ``taskid`` will never run; the scheduler has forgotten it."""
-
-    taskid: int
-
-
-Decision = RunTask | InterruptTask | TaskDone | RecoveryQueued | RecoveryDropped
-
-# A queue entry: (priority, sequence, taskid, epoch). (priority, sequence, taskid) is the
-# task's place in the queue; the epoch, fresh each time the task is queued, tells a live
-# entry from the stale ones that heaps keep until they surface.
-_Entry = tuple[Any, int, int, int]
-# An engine's properties version as the scheduler compares it: (incarnation, version). The
-# incarnation changes when an engine id is registered again, so verdicts given by a
-# previous engine holding the same id never apply to the new one.
-_VersionKey = tuple[int, int]
-
-
-@dataclass(slots=True, eq=False)
-class _Task:
-    id: int
-    retries: int
-    recovery: int | None
-    has_depend: bool
-    state: TaskState
-    parent: int | None = None
-    priority: Any = 0
-    seq: int = 0
-    epoch: int = -1
-    attempts: int = 0
-    engine: int | None = None
-    declined: dict[int, _VersionKey] = field(default_factory=dict)
-
-    def entry(self) -> _Entry:
-        return (self.priority, self.seq, self.id, self.epoch)
-
-
-@dataclass(slots=True, eq=False)
-class _Engine:
-    id: int
-    incarnation: int
-    version: _VersionKey
-    running: set[int] = field(default_factory=set)
-    # Bumped whenever the load changes; only the free-slot entry with the current token
-    # is live.
-    token: int = 0
-    # Queued depend tasks this engine has not declined at its current version.
-    candidates: list[_Entry] = field(default_factory=list)
+__all__ = ["Scheduler"]
 
 
 class Scheduler:
@@ -185,7 +35,9 @@ class Scheduler:
     Every event method returns the list of decisions it produced, in order: first what
     the event itself decided (:class:`InterruptTask`, :class:`TaskDone`,
     :class:`RecoveryQueued`, :class:`RecoveryDropped`), then the :class:`RunTask`
-    decisions of the scheduling pass that ends every event.
+    decisions of the scheduling pass that ends every event. The capacity events
+    (:meth:`set_slots`, :meth:`engine_busy`, :meth:`engine_free`) run no pass and
+    return nothing: they only change what the next pass may hand out.
 
     Task ids are chosen by the caller and must not be reused for a different task.
 
@@ -193,24 +45,21 @@ class Scheduler:
     """
 
     def __init__(self, slots_per_engine: int = 1) -> None:
-        if slots_per_engine < 1:
-            raise ValueError(f"slots_per_engine must be at least 1, not {slots_per_engine}")
-        self.slots_per_engine = slots_per_engine
-        self._tasks: dict[int, _Task] = {}
+        _check_slots(slots_per_engine)
+        self._slots = slots_per_engine
+        self._tasks: dict[int, TaskEntry] = {}
         self._ids: dict[TaskState, set[int]] = {state: set() for state in TaskState}
-        self._engines: dict[int, _Engine] = {}
-        # Queued tasks without depend, which any engine can take.
-        self._plain: list[_Entry] = []
-        self._n_plain = 0
-        # Queued tasks with depend; each engine indexes those it may take.
-        self._queued_depend: set[int] = set()
+        self._engines: dict[int, EngineEntry] = {}
+        self._ready = ReadyQueue(self._tasks, self._engines)
         # Engines with a free slot: (load, engine id, token).
         self._free: list[tuple[int, int, int]] = []
         self._seqs: Iterator[int] = itertools.count()
-        self._epochs: Iterator[int] = itertools.count()
         self._incarnations: Iterator[int] = itertools.count()
-        #: Engines that take no task now (for example a batch in flight); passes skip them.
-        self.busy: set[int] = set()
+
+    @property
+    def slots_per_engine(self) -> int:
+        """How many tasks each engine may hold at once (set with :meth:`set_slots`)."""
+        return self._slots
 
     # -- the customisation point -------------------------------------------------------
 
@@ -241,10 +90,10 @@ class Scheduler:
         ``retries`` is how many times it may be run again after a failed attempt.
         ``recovery`` names its recovery task, which must have been submitted before with
         ``standby=True`` and not be claimed by another task. ``has_depend`` says the task
-        carries a ``depend`` function (see the module docstring). With ``standby=True`` the
-        task is a recovery task: known, but queued only when the task naming it as
-        ``recovery`` fails for good (a standby task nobody claims stays on standby until
-        aborted).
+        carries a ``depend`` function (see :mod:`ipkernel.controller.scheduler`). With
+        ``standby=True`` the task is a recovery task: known, but queued only when the task
+        naming it as ``recovery`` fails for good (a standby task nobody claims stays on
+        standby until aborted).
 
         Raises ``ValueError`` for a known ``taskid``, negative ``retries``, or a
         ``recovery`` that is unknown, not on standby, already claimed, or would close a
@@ -257,7 +106,7 @@ class Scheduler:
         if recovery is not None:
             self._check_recovery(taskid, recovery)
         state = TaskState.STANDBY if standby else TaskState.SCHEDULED
-        task = _Task(taskid, retries, recovery, has_depend, state)
+        task = TaskEntry(taskid, retries, recovery, has_depend, state)
         self._tasks[taskid] = task
         if recovery is not None:
             self._tasks[recovery].parent = taskid
@@ -277,9 +126,9 @@ class Scheduler:
         if engine_id in self._engines:
             raise ValueError(f"engine {engine_id} already registered")
         incarnation = next(self._incarnations)
-        engine = _Engine(engine_id, incarnation, (incarnation, properties_version))
+        engine = EngineEntry(engine_id, incarnation, (incarnation, properties_version))
         self._engines[engine_id] = engine
-        self._index_candidates(engine)
+        self._ready.index(engine)
         self._load_changed(engine)
         return self._schedule()
 
@@ -378,8 +227,40 @@ class Scheduler:
         if engine is None:
             return []
         engine.version = (engine.incarnation, version)
-        self._index_candidates(engine)
+        self._ready.index(engine)
         return self._schedule()
+
+    def set_slots(self, slots_per_engine: int) -> None:
+        """Let each engine hold up to ``slots_per_engine`` tasks from now on.
+
+        Runs no scheduling pass and so decides nothing; the next event's pass uses the
+        new number. An engine already counted as having a free slot keeps it; the others
+        are counted again when their load next changes (a task assigned or released).
+        Raises ``ValueError`` if ``slots_per_engine`` is less than 1.
+        """
+        _check_slots(slots_per_engine)
+        self._slots = slots_per_engine
+
+    def engine_busy(self, engine_id: int) -> None:
+        """Engine ``engine_id`` takes no new task for now (a batch in flight, say).
+
+        Scheduling passes skip it until :meth:`engine_free`; the tasks it holds stay
+        its. Runs no pass, and an unknown engine is ignored.
+        """
+        engine = self._engines.get(engine_id)
+        if engine is not None:
+            engine.busy = True
+
+    def engine_free(self, engine_id: int) -> None:
+        """Engine ``engine_id`` takes tasks again (undoes :meth:`engine_busy`).
+
+        Runs no scheduling pass, so that the caller can first settle what freed the
+        engine (the answers to a batch); its next event, or :meth:`spin`, hands the
+        engine work. An unknown engine is ignored.
+        """
+        engine = self._engines.get(engine_id)
+        if engine is not None:
+            engine.busy = False
 
     def abort(self, taskid: int) -> list[Decision]:
         """Cancel task ``taskid``, which has not finished.
@@ -396,7 +277,7 @@ class Scheduler:
             raise IndexError("task already completed")
         out: list[Decision] = []
         if task.state is TaskState.SCHEDULED:
-            self._dequeue(task)
+            self._ready.remove(task)
         elif task.state is TaskState.PENDING:
             assert task.engine is not None
             out.append(InterruptTask(taskid, task.engine))
@@ -467,7 +348,7 @@ class Scheduler:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _task(self, taskid: int) -> _Task:
+    def _task(self, taskid: int) -> TaskEntry:
         task = self._tasks.get(taskid)
         if task is None:
             raise IndexError(f"no task {taskid}")
@@ -492,86 +373,48 @@ class Scheduler:
             seen.add(link)
             link = self._tasks[link].recovery
 
-    def _set_state(self, task: _Task, state: TaskState) -> None:
+    def _set_state(self, task: TaskEntry, state: TaskState) -> None:
         self._ids[task.state].discard(task.id)
         self._ids[state].add(task.id)
         task.state = state
 
     @staticmethod
-    def _is_running_on(task: _Task | None, engine_id: int) -> bool:
+    def _is_running_on(task: TaskEntry | None, engine_id: int) -> bool:
         return task is not None and task.state is TaskState.PENDING and task.engine == engine_id
 
-    def _can_take(self, task: _Task, engine: _Engine) -> bool:
-        return task.declined.get(engine.id) != engine.version
-
-    def _enqueue(self, task: _Task) -> None:
+    def _enqueue(self, task: TaskEntry) -> None:
         self._set_state(task, TaskState.SCHEDULED)
         task.engine = None
-        task.epoch = next(self._epochs)
-        entry = task.entry()
-        if not task.has_depend:
-            heapq.heappush(self._plain, entry)
-            self._n_plain += 1
-            return
-        self._queued_depend.add(task.id)
-        limit = 2 * len(self._queued_depend) + 64
-        for engine in self._engines.values():
-            if self._can_take(task, engine):
-                if len(engine.candidates) > limit:
-                    self._index_candidates(engine)
-                else:
-                    heapq.heappush(engine.candidates, entry)
+        self._ready.push(task)
 
-    def _dequeue(self, task: _Task) -> None:
-        # Heap entries of the task go stale with the state change; they are dropped
-        # when they surface, or when a heap is compacted.
-        if task.has_depend:
-            self._queued_depend.discard(task.id)
-        else:
-            self._n_plain -= 1
-            if len(self._plain) > 2 * self._n_plain + 64:
-                self._plain[:] = [e for e in self._plain if self._live(e)]
-                heapq.heapify(self._plain)
-
-    def _live(self, entry: _Entry) -> bool:
-        task = self._tasks.get(entry[2])
-        return task is not None and task.state is TaskState.SCHEDULED and task.epoch == entry[3]
-
-    def _index_candidates(self, engine: _Engine) -> None:
-        tasks = self._tasks
-        engine.candidates[:] = [
-            tasks[i].entry() for i in self._queued_depend if self._can_take(tasks[i], engine)
-        ]
-        heapq.heapify(engine.candidates)
-
-    def _load_changed(self, engine: _Engine) -> None:
+    def _load_changed(self, engine: EngineEntry) -> None:
         engine.token += 1
         load = len(engine.running)
-        if load < self.slots_per_engine:
+        if load < self._slots:
             heapq.heappush(self._free, (load, engine.id, engine.token))
             if len(self._free) > 4 * len(self._engines) + 64:
                 self._compact_free()
 
     def _compact_free(self) -> None:
-        # In place, here and for the other heaps: a scheduling pass may hold a reference.
+        # In place: a scheduling pass may hold a reference.
         self._free[:] = [
             (len(e.running), e.id, e.token)
             for e in self._engines.values()
-            if len(e.running) < self.slots_per_engine
+            if len(e.running) < self._slots
         ]
         heapq.heapify(self._free)
 
-    def _release(self, engine: _Engine, taskid: int) -> None:
+    def _release(self, engine: EngineEntry, taskid: int) -> None:
         engine.running.discard(taskid)
         self._load_changed(engine)
 
     def _finish(
-        self, task: _Task, succeeded: bool, reason: str | None, out: list[Decision]
+        self, task: TaskEntry, succeeded: bool, reason: str | None, out: list[Decision]
     ) -> None:
         self._set_state(task, TaskState.SUCCEEDED if succeeded else TaskState.FAILED)
         out.append(TaskDone(task.id, succeeded, reason))
 
-    def _attempt_failed(self, task: _Task, reason: str, out: list[Decision]) -> None:
+    def _attempt_failed(self, task: TaskEntry, reason: str, out: list[Decision]) -> None:
         if task.attempts <= task.retries:
             self._enqueue(task)
             return
@@ -583,37 +426,13 @@ class Scheduler:
             self._enqueue(rec)
             out.append(RecoveryQueued(task.id, rec.id))
 
-    def _drop_chain(self, task: _Task, out: list[Decision]) -> None:
+    def _drop_chain(self, task: TaskEntry, out: list[Decision]) -> None:
         link = task.recovery
         while link is not None:
             rec = self._tasks.pop(link)
             self._ids[rec.state].discard(link)
             out.append(RecoveryDropped(link))
             link = rec.recovery
-
-    def _pick(self, engine: _Engine) -> _Task | None:
-        """Pop and return the first queued task ``engine`` can take, if any."""
-        if engine.id in self.busy:
-            return None
-        plain = self._plain
-        while plain and not self._live(plain[0]):
-            heapq.heappop(plain)
-        cands = engine.candidates
-        while cands:
-            task = self._tasks.get(cands[0][2])
-            if (
-                task is not None
-                and task.state is TaskState.SCHEDULED
-                and task.epoch == cands[0][3]
-                and self._can_take(task, engine)
-            ):
-                break
-            heapq.heappop(cands)
-        if cands and (not plain or cands[0] < plain[0]):
-            return self._tasks[heapq.heappop(cands)[2]]
-        if plain:
-            return self._tasks[heapq.heappop(plain)[2]]
-        return None
 
     def _schedule(self) -> list[Decision]:
         out: list[Decision] = []
@@ -625,13 +444,13 @@ class Scheduler:
             engine = self._engines.get(slot[1])
             if engine is None or engine.token != slot[2]:
                 continue
-            task = self._pick(engine)
+            task = None if engine.busy else self._ready.pick(engine)
             if task is None:
                 # Nothing for this engine until an event adds candidates; the rest of
                 # this pass only removes them.
                 idle_without_work.append(slot)
                 continue
-            self._dequeue(task)
+            self._ready.remove(task)
             self._set_state(task, TaskState.PENDING)
             task.engine = engine.id
             task.attempts += 1
@@ -641,3 +460,8 @@ class Scheduler:
         for slot in idle_without_work:
             heapq.heappush(free, slot)
         return out
+
+
+def _check_slots(slots_per_engine: int) -> None:
+    if slots_per_engine < 1:
+        raise ValueError(f"slots_per_engine must be at least 1, not {slots_per_engine}")
