@@ -9,6 +9,7 @@ documentation tests (``tests/test_docs_examples.py``) must not run.
 """
 
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -47,8 +48,8 @@ html_static_path: list[str] = []
 
 
 # The synchronous clients' methods are made from the asynchronous ones, whose docs and
-# signatures they copy: show them returning what the Deferred fires with, and taking
-# ``block`` where they do (those made with ``targeted=True``, see client/blocking.py).
+# signatures they copy (client/blocking.py): show them returning what the Deferred fires
+# with, and taking ``block`` where the forwarding method accepts it.
 SYNC_CLIENTS = ("ipkernel.client.MultiEngineClient.", "ipkernel.client.TaskClient.")
 
 
@@ -57,7 +58,9 @@ def blocking_signature(app, what, name, obj, options, signature, return_annotati
         return None
     if getattr(obj, "__wrapped__", None) is None:
         return None
-    if inspect.getclosurevars(obj).nonlocals.get("targeted"):
+    forwarding = inspect.getclosurevars(obj).nonlocals
+    takes_block = forwarding.get("blockable") or forwarding.get("targeted")
+    if takes_block and not re.search(r"\bblock\b", signature):
         signature = signature[:-1] + ", block: bool | None = None)"
     return signature, None
 

@@ -1,7 +1,7 @@
 """The command pages render each command's real ``--help``.
 
-``docs/_ext/help_text.py`` runs a console script's ``--help`` and reads Twisted's usage
-text into usage lines, options and description; the ``command-help`` directive renders
+``docs/_ext/help_text.py`` runs a console script's ``--help`` and reads the usage text
+into usage lines, sections of options and description; the ``command-help`` directive renders
 that in the docs. These tests check the reading against Twisted's own output and the real
 commands, and that every command has its page.
 """
@@ -48,29 +48,69 @@ class Sample(usage.Options):
 
 
 class ParseHelpTests(SynchronousTestCase):
-    """Reading Twisted's usage text."""
+    """Reading usage texts."""
 
     def test_twisted_usage_text(self):
-        """Options, short forms, wrapped texts (broken after hyphens too), defaults and the
-        description are read from what ``usage.Options`` prints."""
+        """Options (short and long forms), wrapped texts (broken after hyphens too) and the
+        description after them are read from what ``usage.Options`` prints itself."""
         parsed = help_text.parse_help(str(Sample()))
         self.assertEqual(parsed.usage, ["sample [options]"])
-        options = {entry.name: entry for entry in parsed.sections["Options"]}
+        options = {entry.name: entry.text for entry in parsed.sections["Options"]}
         self.assertEqual(
             sorted(options),
             ["--furl-file=", "--help", "--version", "-t, --timeout=", "-v, --verbose"],
         )
         self.assertEqual(
-            options["--furl-file="].text,
+            options["--furl-file="],
             "Engine key file (default: <security-dir>/ipcontroller-engine.furl, the one the "
             "controller wrote).",
         )
-        self.assertIsNone(options["--furl-file="].default)
-        self.assertEqual(options["-t, --timeout="].default, "30.0")
         self.assertEqual(
-            options["-t, --timeout="].text, "Seconds to wait for the controller and every engine."
+            options["-t, --timeout="],
+            "Seconds to wait for the controller and every engine. [default: 30.0]",
         )
         self.assertEqual(parsed.description, [Sample.longdesc])
+
+    def test_sections_description_first_and_arguments(self):
+        """A description before the sections, several sections, option names with their
+        argument, and wrapped lines that start with ``--`` are read as printed."""
+        parsed = help_text.parse_help(
+            "Usage: ipcluster [start] [-n N] [options]\n"
+            "       ipcluster stop [options]\n"
+            "\n"
+            "Start a controller and N engines,\n"
+            "and wait.\n"
+            "\n"
+            "Options:\n"
+            "  -n N              Number of engines (default: the number of CPUs, 2).\n"
+            "  --engine-arg ARG  Pass ARG on to every ipengine, e.g.\n"
+            "                    --engine-arg=--property=gpu=1 (repeatable).\n"
+            "  --help            Display this help and exit.\n"
+            "\n"
+            "Controller options:\n"
+            "  --ip ADDRESS  Address to listen on (default: 127.0.0.1).\n"
+        )
+        self.assertEqual(
+            parsed.usage, ["ipcluster [start] [-n N] [options]", "ipcluster stop [options]"]
+        )
+        self.assertEqual(parsed.description, ["Start a controller and N engines, and wait."])
+        self.assertEqual(list(parsed.sections), ["Options", "Controller options"])
+        self.assertEqual(
+            [(e.name, e.text) for e in parsed.sections["Options"]],
+            [
+                ("-n N", "Number of engines (default: the number of CPUs, 2)."),
+                (
+                    "--engine-arg ARG",
+                    "Pass ARG on to every ipengine, e.g. --engine-arg=--property=gpu=1 "
+                    "(repeatable).",
+                ),
+                ("--help", "Display this help and exit."),
+            ],
+        )
+        self.assertEqual(
+            [(e.name, e.text) for e in parsed.sections["Controller options"]],
+            [("--ip ADDRESS", "Address to listen on (default: 127.0.0.1).")],
+        )
 
     def test_text_without_options_is_refused(self):
         """A text that is not a usage text raises HelpError instead of rendering nothing."""

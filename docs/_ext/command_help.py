@@ -6,10 +6,10 @@ In a Markdown page::
     ```
 
 runs ``ipcluster stop --help`` from this checkout (see :mod:`help_text`) at build time
-and renders its usage lines, a table of its options (option, default, meaning) and its
-description. Pages that use the directive are read again on every build, so a changed
-option shows up without a clean build. A command that fails to print its help is a build
-error.
+and renders its usage lines, its description, and a table per section of options (each
+option and its text, as printed). Pages that use the directive are read again on every
+build, so a changed option shows up without a clean build. A command that fails to print
+its help is a build error.
 """
 
 from __future__ import annotations
@@ -40,28 +40,26 @@ class CommandHelp(SphinxDirective):
             f"{'Usage:' if i == 0 else '      '} {line}" for i, line in enumerate(parsed.usage)
         )
         result: list[nodes.Node] = [nodes.literal_block(usage, usage, language="text")]
-        for title, entries in parsed.sections.items():
-            result.append(_table(title, entries))
         for paragraph in parsed.description:
             result.append(nodes.paragraph(paragraph, paragraph))
+        for title, entries in parsed.sections.items():
+            result.append(_table(title, entries))
         return result
 
 
 def _table(title: str, entries: list[HelpEntry]) -> nodes.table:
-    heading = "Option" if title == "Options" else title
     table = nodes.table(classes=["command-help"])
-    group = nodes.tgroup(cols=3)
+    group = nodes.tgroup(cols=2)
     table += group
-    for width in (25, 15, 60):
+    for width in (30, 70):
         group += nodes.colspec(colwidth=width)
     head = nodes.thead()
     group += head
-    head += _row([nodes.Text(heading), nodes.Text("Default"), nodes.Text("Meaning")])
+    head += _row([nodes.Text(title.rstrip(":")), nodes.Text("")])
     body = nodes.tbody()
     group += body
     for entry in entries:
-        default = nodes.literal(entry.default, entry.default) if entry.default else nodes.Text("")
-        body += _row([nodes.literal(entry.name, entry.name), default, nodes.Text(entry.text)])
+        body += _row([nodes.literal(entry.name, entry.name), nodes.Text(entry.text)])
     return table
 
 

@@ -28,9 +28,9 @@ _SHIM = (
     "sys.exit(getattr(importlib.import_module(module), function)())\n"
 )
 
-# "  -n, --n=   text" or "      --ip=   text": the option names, then two or more spaces.
-_OPTION = re.compile(r"^\s+(-\S.*?)(?:\s{2,}(.*))?$")
-_DEFAULT = re.compile(r"\s*\[default:\s*(.*?)\]\s*$", re.S)
+# "  -n, --n=   text", "      --ip=   text" or "  --ip ADDRESS   text": the option, then
+# two or more spaces, then its text.
+_OPTION = re.compile(r"^\s+(\S.*?)(?:\s{2,}(\S.*))?$")
 _SECTION = re.compile(r"^([A-Z][\w ]*):$")
 
 
@@ -40,16 +40,15 @@ class HelpError(Exception):
 
 @dataclass
 class HelpEntry:
-    """One line of a help section: an option (or command) name, its text, its default."""
+    """One line of a help section: an option's name (with its argument) and its text."""
 
     name: str
     text: str = ""
-    default: str | None = None
 
 
 @dataclass
 class HelpText:
-    """A usage text in parts: usage lines, sections of entries, the closing description."""
+    """A usage text in parts: usage lines, sections of entries, the description."""
 
     usage: list[str] = field(default_factory=list)
     sections: dict[str, list[HelpEntry]] = field(default_factory=dict)
@@ -100,47 +99,53 @@ def run_help(command: str, args: tuple[str, ...] = (), root: Path = ROOT) -> str
 
 
 def parse_help(text: str) -> HelpText:
-    """Read Twisted's usage text (``usage.Options.getUsage``) into a :class:`HelpText`.
+    """Read a usage text as Twisted's ``usage.Options`` prints it into a :class:`HelpText`.
 
-    The usage lines are the lines before the first section (``Options:``), without
-    Twisted's ``Usage:``. Raises :class:`HelpError` if there is no usage line or no entry
-    in any section.
+    The usage lines come first (Twisted's ``Usage:`` dropped), up to a blank line or a
+    section heading. A section is a heading such as ``Options:`` followed by indented
+    entries, an option's name (and argument) then its text, whose wrapped lines are
+    indented further; a blank line ends it. Any other paragraph, before or after the
+    sections, is description. Raises :class:`HelpError` if there is no usage line or no
+    entry in any section.
     """
     lines = text.expandtabs().splitlines()
     parsed = HelpText()
     i = 0
-    while i < len(lines) and not _SECTION.match(lines[i]):
-        if lines[i].strip():
-            # Twisted writes "Usage: prog [options]" itself, or a command's own synopsis.
-            line = lines[i].strip()
-            parsed.usage.append(
-                line[len("Usage:") :].strip() if line.startswith("Usage:") else line
-            )
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    while i < len(lines) and lines[i].strip() and not _SECTION.match(lines[i]):
+        line = lines[i].strip()
+        parsed.usage.append(line[len("Usage:") :].strip() if line.startswith("Usage:") else line)
         i += 1
     if not parsed.usage:
         raise HelpError(f"no usage line in the help text: {text[:200]!r}")
     entries: list[HelpEntry] | None = None
-    while i < len(lines):
-        line = lines[i]
+    text_column = 0  # where the current entry's text starts; wrapped lines reach it
+    paragraph: list[str] = []
+    for line in [*lines[i:], ""]:
         section = _SECTION.match(line)
-        option = _OPTION.match(line)
+        indent = len(line) - len(line.lstrip())
+        if paragraph and (section or not line.strip()):
+            parsed.description.append(" ".join(paragraph))
+            paragraph = []
         if section:
             entries = parsed.sections.setdefault(section.group(1), [])
         elif not line.strip():
             entries = None
-            if any(parsed.sections.values()):
-                break
-        elif entries is not None and option and line.lstrip().startswith("-"):
-            entries.append(HelpEntry(option.group(1).strip(), (option.group(2) or "").strip()))
-        elif entries is not None and entries:
+        elif entries is None:
+            paragraph.append(line.strip())
+        elif entries and indent >= text_column:
             entries[-1].text = _join(entries[-1].text, line.strip())
-        i += 1
+        else:
+            option = _OPTION.match(line)
+            if option and option.group(2):
+                entries.append(HelpEntry(option.group(1).strip(), option.group(2).strip()))
+                text_column = option.start(2)
+            else:
+                entries.append(HelpEntry(line.strip()))
+                text_column = indent + 1
     if not any(parsed.sections.values()):
         raise HelpError(f"no options found in the help text: {text[:200]!r}")
-    for section_entries in parsed.sections.values():
-        for entry in section_entries:
-            _split_default(entry)
-    parsed.description = _paragraphs(lines[i:])
     return parsed
 
 
@@ -150,22 +155,3 @@ def _join(text: str, more: str) -> str:
     if re.search(r"\w-$", text):
         return text + more
     return f"{text} {more}".strip()
-
-
-def _split_default(entry: HelpEntry) -> None:
-    match = _DEFAULT.search(entry.text)
-    if match:
-        entry.default = match.group(1).strip()
-        entry.text = entry.text[: match.start()].rstrip()
-
-
-def _paragraphs(lines: list[str]) -> list[str]:
-    paragraphs: list[str] = []
-    current: list[str] = []
-    for line in [*lines, ""]:
-        if line.strip():
-            current.append(line.strip())
-        elif current:
-            paragraphs.append(" ".join(current))
-            current = []
-    return paragraphs
