@@ -41,21 +41,23 @@ class CommandHelp(SphinxDirective):
         )
         result: list[nodes.Node] = [nodes.literal_block(usage, usage, language="text")]
         for paragraph in parsed.description:
-            result.append(nodes.paragraph(paragraph, paragraph))
+            # As printed: no smart quotes turning "--log-dir" into an en dash.
+            result.append(nodes.paragraph(paragraph, paragraph, support_smartquotes=False))
         for title, entries in parsed.sections.items():
             result.append(_table(title, entries))
         return result
 
 
 def _table(title: str, entries: list[HelpEntry]) -> nodes.table:
-    table = nodes.table(classes=["command-help"])
+    table = nodes.table(classes=["command-help"], support_smartquotes=False)
+    table += nodes.title(title, title)
     group = nodes.tgroup(cols=2)
     table += group
     for width in (30, 70):
         group += nodes.colspec(colwidth=width)
     head = nodes.thead()
     group += head
-    head += _row([nodes.Text(title.rstrip(":")), nodes.Text("")])
+    head += _row([nodes.Text("Option"), nodes.Text("Meaning")])
     body = nodes.tbody()
     group += body
     for entry in entries:
