@@ -21,7 +21,7 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, inlineCallbacks
 
 from ipkernel import paths
-from ipkernel.client.multiengine import AsyncMultiEngineClient
+from ipkernel.client.multiengine_async import AsyncMultiEngineClient
 from ipkernel.errors import ControllerUnreachable
 from ipkernel.security import read_key_file
 

@@ -1161,7 +1161,7 @@ class TwistdTests(TestCase):
 
     @inlineCallbacks
     def assert_controller_answers(self):
-        from ipkernel.client.multiengine import AsyncMultiEngineClient
+        from ipkernel.client.multiengine_async import AsyncMultiEngineClient
         from ipkernel.security import read_key_file
 
         client = yield AsyncMultiEngineClient.connect(reactor, read_key_file(self.mec))

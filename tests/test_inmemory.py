@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ipkernel.adapters.gate import GateRoot
 from ipkernel.adapters.pb_multiengine import MultiEngineAdapter
-from ipkernel.client.multiengine import AsyncMultiEngineClient
+from ipkernel.client.multiengine_async import AsyncMultiEngineClient
 from ipkernel.controller.service import ControllerService
 from ipkernel.engine.core import EngineCore
 from ipkernel.engine.interpreter import Interpreter
@@ -30,14 +30,15 @@ class Grid:
 
     def __init__(self, testcase: SynchronousTestCase, n: int = 2, secret: str = SECRET) -> None:
         self.testcase = testcase
-        self.service = ControllerService(clock=Clock())
+        self.clock = Clock()
+        self.service = ControllerService(clock=self.clock)
         self.engines = []
         for _ in range(n):
             core = EngineCore(Interpreter(), Properties())
             self.service.register_engine(core)
             self.engines.append(core)
         root = GateRoot(
-            [(SECRET, lambda broker: MultiEngineAdapter(self.service.multiengine))], Clock()
+            [(SECRET, lambda broker: MultiEngineAdapter(self.service.multiengine))], self.clock
         )
         server_factory, client_factory = ServerFactory(root), ClientFactory()
         _, _, self.pump = connectedServerAndClient(
@@ -52,7 +53,7 @@ class Grid:
     def client(self) -> AsyncMultiEngineClient:
         avatar = self.testcase.successResultOf(self.login)
         avatar.broker.raise_limits()
-        return AsyncMultiEngineClient(avatar)
+        return AsyncMultiEngineClient(avatar, self.clock)
 
     def result(self, d):
         self.pump.flush()

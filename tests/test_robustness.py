@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from ipkernel import paths
-from ipkernel.client.multiengine import AsyncMultiEngineClient
+from ipkernel.client.multiengine_async import AsyncMultiEngineClient
 from ipkernel.errors import ControllerUnreachable, KeyFileNotFound, StaleKeyFile
 from ipkernel.security import KeyFile, read_key_file, write_key_file
 from tests.cluster import Cluster, poll

@@ -961,7 +961,7 @@ class Grid:
         self.pump.flush()
         avatar = testcase.successResultOf(d)
         avatar.broker.raise_limits()
-        self.client = AsyncTaskClient(avatar, reactor=_CallFromThread(self.clock))
+        self.client = AsyncTaskClient(avatar, _CallFromThread(self.clock))
 
     def settle(self) -> None:
         for _ in range(20):

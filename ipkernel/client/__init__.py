@@ -12,7 +12,8 @@
     tc.get_task_result(tid, block=True).ns.a
 """
 
-from ipkernel.client.multiengine import AsyncMultiEngineClient, MultiEngineClient
+from ipkernel.client.multiengine_async import AsyncMultiEngineClient
+from ipkernel.client.multiengine_blocking import MultiEngineClient
 from ipkernel.client.results import PendingResult, ResultList
 from ipkernel.client.task_async import AsyncTaskClient
 from ipkernel.client.task_blocking import TaskClient

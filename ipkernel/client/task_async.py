@@ -54,8 +54,9 @@ RESULTS_PER_CALL = 20_000
 class AsyncTaskClient(ControllerConnection):
     """The Task interface as Deferreds; build one with :meth:`connect`.
 
-    Every method returns a Deferred; call them from the reactor thread. :meth:`take_id`
-    and :meth:`send` are the exceptions: any thread may call them.
+    Every method returns a Deferred; call them from the thread of ``reactor``, the
+    reactor its connection runs in. :meth:`take_id` and :meth:`send` are the exceptions:
+    any thread may call them.
 
     ``transport`` is ``'auto'`` (large task bodies and results through shared memory
     when the controller is on this host, streams otherwise) or ``'stream'`` (always the
@@ -65,17 +66,12 @@ class AsyncTaskClient(ControllerConnection):
     def __init__(
         self,
         avatar: pb.RemoteReference,
+        reactor: Any,
         source: str = "the key file",
-        reactor: Any = None,
         transport: str | None = None,
     ) -> None:
         super().__init__(avatar, source)
         self._payloads = TaskPayloads(transport)
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
-        self._reactor = reactor
         self._ids = IdPool()
         self._batches = TaskBatches(self._remote, self._payloads, reactor)
 
@@ -91,7 +87,7 @@ class AsyncTaskClient(ControllerConnection):
         """Log in to the Task interface of ``keyfile``'s controller; fires with a client."""
         transport_mode(transport)  # a bad value fails before connecting
         avatar = yield login(reactor, keyfile, source=source)
-        client = cls(avatar, source, reactor, transport)
+        client = cls(avatar, reactor, source, transport)
         yield client._payloads.negotiate(client._remote)
         return client
 

@@ -26,7 +26,8 @@ from typing import Any
 from ipkernel import paths
 from ipkernel.client.blocking import forwarded, get_bridge
 from ipkernel.client.connection import describe
-from ipkernel.client.multiengine import find_key_file, parallel_decorator
+from ipkernel.client.key_files import find_key_file
+from ipkernel.client.mapper import parallel_decorator
 from ipkernel.client.results import PendingResult
 from ipkernel.client.task_async import AsyncTaskClient
 from ipkernel.client.task_batches import carries_payloads

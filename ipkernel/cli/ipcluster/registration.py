@@ -39,7 +39,7 @@ def wait_for_engines(
     whether the key file never appeared, the controller could not be reached, or how many
     engines came.
     """
-    from ipkernel.client.multiengine import AsyncMultiEngineClient
+    from ipkernel.client.multiengine_async import AsyncMultiEngineClient
     from ipkernel.security import read_key_file
 
     def remaining() -> float:

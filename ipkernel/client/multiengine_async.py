@@ -1,143 +1,73 @@
-"""The MultiEngine client: run code and move data on chosen engines.
+"""The asynchronous MultiEngine client: run code and move data on chosen engines, as
+Deferreds, for Twisted code.
 
-:class:`AsyncMultiEngineClient` is the asynchronous client: every method returns a
-Deferred and takes an explicit ``targets``. :class:`MultiEngineClient` is what users call:
-the same methods, blocking by default, with ``targets``/``block`` defaults taken from the
-instance, forwarded through :mod:`ipkernel.client.blocking`.
+::
 
-Large data (see :mod:`ipkernel.wire.transfer`): an object of
-:data:`~ipkernel.wire.transfer.INLINE_LIMIT` bytes or more is sent to an engine on this
-host (same user) through shared memory, and to other engines as a stream of chunks
-relayed by the controller; results come back the same way. ``transport='stream'`` (or
-``IPKERNEL_TRANSPORT=stream``) sends everything over the network.
+    mec = yield AsyncMultiEngineClient.connect(reactor, read_key_file(path))
+    yield mec.execute("a = id * 2")
+    values = yield mec.pull("a", targets=[0, 1])
+
+Every method returns a Deferred and takes an explicit ``targets``. Requests leave in the
+order the calls were made (:mod:`ipkernel.client.ordering`); large data goes through
+shared memory to engines on this host and as streams to others
+(:mod:`ipkernel.client.engine_payloads`). The blocking
+:class:`~ipkernel.client.multiengine_blocking.MultiEngineClient` forwards to this one.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.spread import pb
 
-from ipkernel import paths, shm
-from ipkernel.client.blocking import forwarded, get_bridge
-from ipkernel.client.connection import ControllerConnection, describe
+from ipkernel.client.connection import ControllerConnection
+from ipkernel.client.engine_payloads import EnginePayloads
+from ipkernel.client.ordering import Turn, Turns
 from ipkernel.client.partition import join, split
-from ipkernel.client.results import PendingResult, ResultList, outcomes_to_results
+from ipkernel.client.results import ResultList, outcomes_to_results
 from ipkernel.errors import SerializationError
 from ipkernel.frames import Serialized
 from ipkernel.interfaces.multiengine import check_targets
-from ipkernel.security import KeyFile, read_key_file
+from ipkernel.security import KeyFile
 from ipkernel.serialization import deserialize, deserialize_failure, dump
 from ipkernel.wire.connect import login
-from ipkernel.wire.outgoing import OutgoingPayload
 from ipkernel.wire.received import ReceivedPayload
-from ipkernel.wire.shared import SharedPayload
-from ipkernel.wire.transfer import is_inline, payload_for, transport_mode
+from ipkernel.wire.transfer import is_inline, transport_mode
 
+__all__ = ["AsyncMultiEngineClient", "Targets"]
+
+#: What ``targets`` may be: ``'all'``, an engine id, or a list of ids.
 Targets = str | int | list[int]
-
-
-def find_key_file(furl_or_file: str | Path | None, name: str) -> tuple[KeyFile, str]:
-    """Read a key file: a path, a ``pb+tls://`` URL, or ``None`` for the default location."""
-    if isinstance(furl_or_file, str) and furl_or_file.startswith("pb+tls://"):
-        return KeyFile.parse(furl_or_file), "the key given"
-    path = Path(furl_or_file) if furl_or_file is not None else paths.security_dir() / name
-    return read_key_file(path), str(path)
-
-
-#: Commands whose results may be large: the client offers to take them through shared
-#: memory (see IEngine.call's ``options``).
-_REPLY_COMMANDS = frozenset({"pull", "pull_function", "apply"})
-
-
-class _Turn:
-    """A request's place in line (see :class:`_Turns`)."""
-
-    def __init__(self, turns: _Turns) -> None:
-        self._turns = turns
-        self.request: Callable[[], Deferred] | None = None
-        self.done = False
-        #: Fires with the request's result once it has been sent and answered.
-        self.result: Deferred = Deferred()
-
-    def ready(self, request: Callable[[], Deferred]) -> Deferred:
-        """This turn's request is ready: send it when every earlier one has been sent."""
-        if not self.done:
-            self.request = request
-            self._turns.flush()
-        return self.result
-
-    def skip(self) -> None:
-        """Give up the turn (its call failed before it could send anything)."""
-        if not self.done and self.request is None:
-            self.request = lambda: succeed(None)
-            self._turns.flush()
-
-
-class _Turns:
-    """Requests leave in the order their calls were made.
-
-    A call that must first ask the controller something (the engines' hosts for a large
-    push, the target ids for a scatter) reserves its turn when it is made; later calls
-    queue behind it until it has sent its request, so a non-blocking large push followed
-    by an ``execute`` still reaches each engine's queue first.
-    """
-
-    def __init__(self) -> None:
-        self._line: collections.deque[_Turn] = collections.deque()
-
-    def reserve(self) -> _Turn:
-        turn = _Turn(self)
-        self._line.append(turn)
-        return turn
-
-    def send(self, request: Callable[[], Deferred]) -> Deferred:
-        """Send ``request()`` now, or once the calls before it have sent theirs."""
-        if not self._line:
-            return request()
-        return self.reserve().ready(request)
-
-    def flush(self) -> None:
-        line = self._line
-        while line and line[0].request is not None:
-            turn = line.popleft()
-            turn.done = True
-            maybeDeferred(turn.request).chainDeferred(turn.result)
 
 
 class AsyncMultiEngineClient(ControllerConnection):
     """The MultiEngine interface as Deferreds; build one with :meth:`connect`.
 
-    ``transport`` is ``'auto'`` (shared memory with engines on this host, streams
-    otherwise) or ``'stream'`` (always the network); the default is
+    Call its methods from the thread of ``reactor``, the reactor its connection runs in
+    (it also schedules the release of engines' shared-memory results). ``transport`` is
+    ``'auto'`` (shared memory with engines on this host, streams otherwise) or
+    ``'stream'`` (always the network); the default is
     ``$IPKERNEL_TRANSPORT``, else ``'auto'``.
     """
 
     def __init__(
         self,
         avatar: pb.RemoteReference,
+        reactor: Any,
         source: str = "the key file",
         transport: str | None = None,
-        reactor: Any = None,
     ) -> None:
         super().__init__(avatar, source)
-        self.transport = transport_mode(transport)
-        self._turns = _Turns()
-        self._reactor = reactor
-        # Engine registration infos by id, for choosing how to send large payloads.
-        self._engines: dict[int, dict] = {}
-        self._shared_ok: dict[int, bool] = {}
-        # Engine-made shared-memory results opened here, to release: owner -> tokens.
-        self._to_release: dict[int, list[str]] = {}
-        streams = getattr(avatar.broker, "streams", None)
-        if streams is not None:
-            streams.on_shared_opened = self._shared_opened
+        self._payloads = EnginePayloads(avatar, reactor, transport)
+        self._turns = Turns()
+
+    @property
+    def transport(self) -> str:
+        """How large data travels: ``'auto'`` or ``'stream'``."""
+        return self._payloads.transport
 
     @classmethod
     def connect(
@@ -149,7 +79,8 @@ class AsyncMultiEngineClient(ControllerConnection):
     ) -> Deferred:
         """Log in to the controller of ``keyfile``; fires with a connected client."""
         transport_mode(transport)  # a bad value fails before connecting
-        return login(reactor, keyfile, source=source).addCallback(cls, source, transport, reactor)
+        d = login(reactor, keyfile, source=source)
+        return d.addCallback(cls, reactor, source, transport)
 
     # Plumbing: every engine call goes through _call / _call_each.
 
@@ -168,7 +99,7 @@ class AsyncMultiEngineClient(ControllerConnection):
         container: type = list,
     ) -> Deferred:
         check_targets(targets)
-        options = self._reply_options(command)
+        options = self._payloads.reply_options(command)
         extra = () if options is None else (options,)
         d = self._turns.send(lambda: self._remote("call", targets, command, args, *extra))
         d.addCallback(self._count_engines, targets)
@@ -180,10 +111,10 @@ class AsyncMultiEngineClient(ControllerConnection):
         command: str,
         per_target: list,
         method: str,
-        turn: _Turn | None = None,
+        turn: Turn | None = None,
     ) -> Deferred:
         """``command`` with ``per_target[i]`` on ``targets[i]``, in ``turn`` if given."""
-        options = self._reply_options(command)
+        options = self._payloads.reply_options(command)
         extra = () if options is None else (options,)
 
         def request() -> Deferred:
@@ -214,101 +145,24 @@ class AsyncMultiEngineClient(ControllerConnection):
             return decode()
         return DeferredList(arriving, consumeErrors=True).addCallback(decode)
 
-    # Large payloads
-
-    def _reply_options(self, command: str) -> dict | None:
-        """Offer to take ``command``'s results through shared memory, where that can work."""
-        if command not in _REPLY_COMMANDS or self.transport != "auto":
-            return None
-        probe = shm.local_probe()
-        return None if probe is None else {"reply_to": probe.to_wire()}
-
-    def _shared_opened(self, owner: int, token: str) -> None:
-        # Called as each engine-made segment is opened here (while the answer is being
-        # read); the releases go out together once the answer has been handled.
-        if not self._to_release:
-            reactor = self._reactor
-            if reactor is None:
-                from twisted.internet import reactor
-            reactor.callLater(0, self._release_shared)
-        self._to_release.setdefault(owner, []).append(token)
-
-    def _release_shared(self) -> None:
-        batch, self._to_release = self._to_release, {}
-        if not batch or self._avatar.broker.disconnected:
-            return
-        owners = list(batch)
-        try:
-            d = self._avatar.callRemote(
-                "call_each", owners, "release_shm", [[batch[o]] for o in owners]
-            )
-        except pb.DeadReferenceError:
-            return
-        # An engine that went away has closed its segments already.
-        d.addErrback(lambda f: None)
-
-    def _can_share(self, engine_id: int) -> bool:
-        """Whether a payload for ``engine_id`` may go through shared memory."""
-        if self.transport != "auto" or not shm.available():
-            return False
-        known = self._shared_ok.get(engine_id)
-        if known is None:
-            info = self._engines.get(engine_id) or {}
-            known = self._shared_ok[engine_id] = shm.same_host(info.get("shm_probe"))
-        return known
+    # Large payloads (see ipkernel.client.engine_payloads)
 
     @inlineCallbacks
-    def _engine_ids(self, targets: Targets):
-        """The target ids, in order, with their registration infos known here."""
-        ids = check_targets(targets)
-        if ids is None or any(i not in self._engines for i in ids):
-            rows = yield self._remote("get_engine_info", targets)
-            for engine_id, info in rows:
-                if self._engines.get(engine_id) != info:
-                    self._engines[engine_id] = dict(info)
-                    self._shared_ok.pop(engine_id, None)
-            ids = [engine_id for engine_id, _ in rows]
-        return ids
-
-    @inlineCallbacks
-    def _send_each(self, ids: list[int], command: str, serialized: list, method: str, turn: _Turn):
+    def _send_each(self, ids: list[int], command: str, serialized: list, method: str, turn: Turn):
         """Run ``command(payload)`` on each target, ``serialized[i]`` going to ``ids[i]``.
 
-        Small payloads go inline; large ones through shared memory where the engine can
-        read this process's segments, as streams otherwise. The request leaves in
-        ``turn``. Segments are closed, and streams still running aborted, once the
-        engines have answered.
+        The request leaves in ``turn``. Segments are closed, and streams still running
+        aborted, once the engines have answered.
         """
         payloads: list[Any] = []
-        shared: dict[int, SharedPayload] = {}
         try:
-            for engine_id, ser in zip(ids, serialized, strict=True):
-                payloads.append(self._payload_for(engine_id, ser, shared))
+            payloads = self._payloads.pack(ids, serialized)
             per_target = [[p] for p in payloads]
             result = yield self._call_each(ids, command, per_target, method, turn)
         finally:
             turn.skip()
-            for payload in payloads:
-                if isinstance(payload, OutgoingPayload):
-                    payload.cancel("the call ended before the payload was sent")
-            for payload in shared.values():
-                payload.close()
+            self._payloads.sent(payloads)
         return result
-
-    def _payload_for(
-        self, engine_id: int, ser: Serialized, shared: dict[int, SharedPayload]
-    ) -> Any:
-        """What carries ``ser`` to ``engine_id`` (see :func:`payload_for`); one segment
-        serves every engine on this host that gets the same object."""
-        share = self._can_share(engine_id)
-        payload = shared.get(id(ser)) if share else None
-        if payload is None:
-            payload = payload_for(ser, share)
-            if isinstance(payload, SharedPayload):
-                shared[id(ser)] = payload
-            elif share and isinstance(payload, OutgoingPayload):
-                self._shared_ok[engine_id] = False  # no segment could be made
-        return payload
 
     def _send_same(self, targets: Targets, command: str, ser: Serialized, method: str) -> Deferred:
         """``command(payload)`` on every target, the same object for all."""
@@ -317,9 +171,9 @@ class AsyncMultiEngineClient(ControllerConnection):
         return self._send_large(self._turns.reserve(), targets, command, ser, method)
 
     @inlineCallbacks
-    def _send_large(self, turn: _Turn, targets: Targets, command: str, ser: Serialized, method):
+    def _send_large(self, turn: Turn, targets: Targets, command: str, ser: Serialized, method):
         try:
-            ids = yield self._engine_ids(targets)
+            ids = yield self._payloads.engine_ids(self._remote, targets)
         except BaseException:
             turn.skip()
             raise
@@ -339,7 +193,7 @@ class AsyncMultiEngineClient(ControllerConnection):
             if not ids:
                 # Asked to resolve 'all' itself, the controller fails with its error (or,
                 # should an engine have registered meanwhile, gives its id).
-                ids = yield self._engine_ids(targets)
+                ids = yield self._payloads.engine_ids(self._remote, targets)
         return ids
 
     def get_engine_info(self, targets: Targets = "all") -> Deferred:
@@ -467,7 +321,7 @@ class AsyncMultiEngineClient(ControllerConnection):
                 per_target = [[ser.frames()] for ser in serialized]
                 result = yield self._call_each(ids, "push", per_target, "scatter", turn)
             else:
-                yield self._engine_ids(ids)
+                yield self._payloads.engine_ids(self._remote, ids)
                 result = yield self._send_each(ids, "push", serialized, "scatter", turn)
         finally:
             turn.skip()
@@ -492,7 +346,7 @@ class AsyncMultiEngineClient(ControllerConnection):
                 per_target = [[ser.frames()] for ser in serialized]
                 results = yield self._call_each(ids, "apply", per_target, "map", turn)
             else:
-                yield self._engine_ids(ids)
+                yield self._payloads.engine_ids(self._remote, ids)
                 results = yield self._send_each(ids, "apply", serialized, "map", turn)
         finally:
             turn.skip()
@@ -526,115 +380,3 @@ def _key_list(keys: str | Iterable[str]) -> str | list[str]:
 
 def _is_array(seq: object) -> bool:
     return type(seq).__module__ == "numpy" and type(seq).__name__ == "ndarray"
-
-
-@forwarded(
-    AsyncMultiEngineClient,
-    targeted=(
-        "execute",
-        "run",
-        "push",
-        "pull",
-        "zip_pull",
-        "push_function",
-        "pull_function",
-        "get_result",
-        "reset",
-        "keys",
-        "kill",
-        "clear_queue",
-        "queue_status",
-        "set_properties",
-        "get_properties",
-        "has_properties",
-        "del_properties",
-        "clear_properties",
-        "scatter",
-        "gather",
-        "map",
-    ),
-    blocking=("get_ids", "get_engine_info", "transfer_stats", "close"),
-)
-class MultiEngineClient:
-    """The MultiEngine client (blocking by default).
-
-    ``MultiEngineClient()`` reads ``<security-dir>/ipcontroller-mec.furl``; pass a path
-    (or the key's URL) to use another. ``targets`` (default ``'all'``) and ``block``
-    (default ``True``) are the defaults of every method that acts on engines; each call
-    can override them with the keywords of the same names. ``transport='stream'`` sends
-    large data over the network even to engines on this host (default: ``'auto'``, or
-    ``$IPKERNEL_TRANSPORT``).
-    """
-
-    def __init__(
-        self,
-        furl_or_file: str | Path | None = None,
-        *,
-        transport: str | None = None,
-    ) -> None:
-        keyfile, source = find_key_file(furl_or_file, paths.MEC_FURL)
-        self._bridge = get_bridge()
-        self._async: AsyncMultiEngineClient = self._bridge.call(
-            AsyncMultiEngineClient.connect, self._bridge.reactor, keyfile, source, transport
-        )
-        self.targets: Targets = "all"
-        self.block: bool = True
-        self._pending: weakref.WeakSet[PendingResult] = weakref.WeakSet()
-
-    def __repr__(self) -> str:
-        return describe(type(self).__name__, self._async, targets=self.targets, block=self.block)
-
-    def __getitem__(self, key: str) -> Any:
-        """``mec['a']`` pulls ``a`` from the current targets."""
-        return self.pull(key)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        """``mec['a'] = v`` pushes ``a = v`` to the current targets."""
-        self.push({key: value})
-
-    def barrier(self, pending_results: Iterable[PendingResult]) -> None:
-        """Wait until every :class:`PendingResult` given is done (errors are not raised)."""
-        concurrent.futures.wait([pr.future for pr in pending_results])
-
-    def flush(self) -> None:
-        """Drop the results this client's non-blocking calls hold (others' are untouched)."""
-        pending, self._pending = self._pending, weakref.WeakSet()
-        for pr in pending:
-            pr.forget()
-
-    def mapper(self, dist: str = "b", targets: Targets | None = None, block: bool | None = None):
-        """An object whose ``map`` uses these settings (``dist='b'``: contiguous blocks)."""
-        if dist != "b":
-            raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
-        return Mapper(self, targets, block)
-
-    def parallel(self, targets: Targets | None = None, block: bool | None = None):
-        """Decorator: ``@mec.parallel()`` turns ``f`` into ``seq -> map(f, seq)``."""
-        return parallel_decorator(self.mapper(targets=targets, block=block))
-
-
-def parallel_decorator(mapper: Any) -> Callable[[Callable], Callable]:
-    """A decorator turning ``f`` into ``seq -> mapper.map(f, seq)`` (``parallel()``)."""
-
-    def decorate(func: Callable) -> Callable:
-        def parallel_func(seq: Sequence) -> Any:
-            return mapper.map(func, seq)
-
-        parallel_func.__name__ = getattr(func, "__name__", "parallel_func")
-        parallel_func.__doc__ = func.__doc__
-        return parallel_func
-
-    return decorate
-
-
-class Mapper:
-    """``map`` with fixed ``targets`` and ``block`` (see ``mapper()``)."""
-
-    def __init__(self, client: Any, targets: Targets | None, block: bool | None) -> None:
-        self.client = client
-        self.targets = targets
-        self.block = block
-
-    def map(self, func: Callable, seq: Sequence) -> Any:
-        """``[func(x) for x in seq]`` on the chosen targets."""
-        return self.client.map(func, seq, targets=self.targets, block=self.block)
