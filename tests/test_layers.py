@@ -151,7 +151,7 @@ class Import:
     path: Path
     line: int
     statement: str
-    #: ``import a.b, c``: the names; ``from a import b, c``: ``a``.
+    #: ``from a import b, c``: ``a``; ``import a.b, c``: None.
     module: str | None
     #: ``import a.b, c``: ``a.b`` and ``c``; ``from a import b, c``: ``a.b`` and ``a.c``.
     names: tuple[str, ...]
