@@ -14,7 +14,8 @@ from ipkernel.interfaces.engine import IEngine
 class FakeEngine:
     """An IEngine whose commands stay unanswered until :meth:`answer` is called.
 
-    ``calls`` records every ``(command, args)`` received, in order.
+    ``calls`` records every ``(command, args)`` received, in order (``options``, the
+    transfer hints, are ignored: a fake moves no large payloads).
     """
 
     def __init__(self, info: dict | None = None) -> None:
@@ -25,7 +26,7 @@ class FakeEngine:
         self._listeners: list = []
         self.disconnected = False
 
-    def call(self, command: str, args: list) -> Deferred:
+    def call(self, command: str, args: list, options: dict | None = None) -> Deferred:
         self.calls.append((command, list(args)))
         if self.disconnected:
             # As the PB proxy does once its broker is gone.

@@ -98,12 +98,12 @@ class TaskEngine(FakeEngine):
         super().__init__()
         self.interrupts: list[int] = []
 
-    def call(self, command: str, args: list):
+    def call(self, command: str, args: list, options: dict | None = None):
         if command == "interrupt":
             self.calls.append((command, list(args)))
             self.interrupts.append(args[0])
             return succeed(("ok", [b"none"]))
-        return super().call(command, args)
+        return super().call(command, args, options)
 
     def batches(self) -> list[list[int]]:
         """The task ids of every run_task batch received, in order."""

@@ -60,7 +60,9 @@ class IMultiEngine(Interface):
         command. Arguments may hold payloads (streams, shared-memory handles), which are
         passed along untouched.
 
-        Returns a Deferred firing with the ``(engine_id, outcome)`` pairs in target order.
+        Returns a Deferred firing with the ``(engine_id, outcome)`` pairs in target order;
+        besides the errors of the whole call (module docstring) it errbacks with
+        ``ValueError`` if ``command`` is not an engine command, and then nothing is sent.
         """
 
     def call_each(targets, command, args_per_target, options=None):

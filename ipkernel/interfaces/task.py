@@ -46,19 +46,19 @@ class ITaskController(Interface):
         ``TaskAborted``), ``engine_id``, ``submitted``, ``started``, ``completed``
         (seconds since the epoch), ``duration`` (seconds on the engine, or ``None``),
         ``attempts`` and ``recovered`` (0, or which recovery task's outcome it is).
-        Raises ``IndexError`` for an unknown id.
+        Raises ``IndexError`` for an unknown id, at once (not through the Deferred).
         """
 
     def get_task_results(taskids, block=False):
         """Like :meth:`get_task_result` for several ids: fire with a list, in order.
 
         With ``block=True`` wait until all are finished. Raises ``IndexError`` naming the
-        first unknown id.
+        first unknown id, at once, before waiting for anything.
         """
 
     def barrier(taskids):
         """Return a Deferred firing with ``None`` once every task in ``taskids`` has
-        finished. Raises ``IndexError`` naming the first unknown id."""
+        finished. Raises ``IndexError`` naming the first unknown id, at once."""
 
     def abort(taskid):
         """Cancel a task that has not finished (queued or running); return at once.
