@@ -26,7 +26,7 @@ from zope.interface.verify import verifyClass, verifyObject
 from ipkernel import paths
 from ipkernel.adapters.pb_engine import RemoteEngine
 from ipkernel.client import StringTask
-from ipkernel.client.task import task_to_wire
+from ipkernel.client.task_types import task_to_wire
 from ipkernel.controller.multiengine import MultiEngine
 from ipkernel.controller.service import ControllerService
 from ipkernel.controller.tasks import TaskController
@@ -87,7 +87,8 @@ class InterfaceTests(SynchronousTestCase):
 
     def test_multiengine(self):
         """The controller's MultiEngine service provides IMultiEngine."""
-        self.assert_implements(IMultiEngine, MultiEngine, ControllerService().multiengine)
+        service = ControllerService(clock=reactor)
+        self.assert_implements(IMultiEngine, MultiEngine, service.multiengine)
 
     def test_task_controller(self):
         """The controller's task service provides ITaskController."""
@@ -285,15 +286,23 @@ class PBEngineTests(IEngineTestsMixin, TestCase):
         self.service = EngineService(core, security / paths.ENGINE_FURL, reactor)
         self.service.startService()
         self.addCleanup(self.stop_engine)
-        engine_id = yield self.service.when_registered()
-        self.engine = self.controller.registry.get(engine_id)
+        yield self.registered()
+        self.engine = self.controller.registry.get(self.service.engine_id)
         self.assertIsInstance(self.engine, RemoteEngine)
+
+    def registered(self) -> Deferred:
+        """Fires once the engine service is registered with the controller."""
+        return poll(
+            lambda: self.service.registrar is not None
+            and self.service.engine_id in self.controller.registry.ids(),
+            "the engine to register",
+        )
 
     @inlineCallbacks
     def stop_engine(self):
         # An engine that was disconnected comes back: stop it once it has, so that no
         # connection is left half made.
-        yield self.service.when_registered()
+        yield self.registered()
         self.service.stopService()
         yield poll(
             lambda: self.service.registrar is None and not len(self.controller.registry),
