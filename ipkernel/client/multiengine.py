@@ -26,6 +26,7 @@ from twisted.spread import pb
 
 from ipkernel import paths, shm
 from ipkernel.client.blocking import forwarded, get_bridge
+from ipkernel.client.interrupts import interrupting
 from ipkernel.client.partition import join, split
 from ipkernel.client.results import PendingResult, ResultList, outcomes_to_results
 from ipkernel.errors import SerializationError, SharedMemoryError
@@ -495,6 +496,17 @@ class AsyncMultiEngineClient:
             turn.skip()
         return join(results) if _is_array(seq) else [x for part in results for x in part]
 
+    def interrupt(self, targets: Targets = "all") -> Deferred:
+        """Raise ``KeyboardInterrupt`` in the code running on the targets now.
+
+        Sent at once, not behind this client's earlier calls; queued work still runs and
+        the engines keep their namespaces. An idle target is left alone. Fires with
+        ``[None, ...]``; a target that could not be reached fails inside a
+        ``CompositeError``.
+        """
+        check_targets(targets)
+        return self._remote("interrupt", targets).addCallback(self._results, "interrupt")
+
 
 def _serialized(namespace: dict) -> Serialized:
     if not isinstance(namespace, dict):
@@ -525,6 +537,7 @@ def _is_array(seq: object) -> bool:
     return type(seq).__module__ == "numpy" and type(seq).__name__ == "ndarray"
 
 
+@interrupting("execute", "run", "map")
 @forwarded(
     AsyncMultiEngineClient,
     targeted=(
@@ -549,6 +562,7 @@ def _is_array(seq: object) -> bool:
         "scatter",
         "gather",
         "map",
+        "interrupt",
     ),
     untargeted=("get_ids", "get_engine_info", "transfer_stats"),
 )
