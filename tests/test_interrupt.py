@@ -44,9 +44,7 @@ class ControllerInterruptTests(ServiceMixin, SynchronousTestCase):
         for args in ([7], []):
             error = self.assertRaises(WireError, adapter.remote_call, 0, "interrupt", args)
             self.assertIn("unknown command 'interrupt'", str(error))
-            error = self.assertRaises(
-                WireError, adapter.remote_call_each, 0, "interrupt", [args]
-            )
+            error = self.assertRaises(WireError, adapter.remote_call_each, 0, "interrupt", [args])
             self.assertIn("unknown command 'interrupt'", str(error))
         self.assertEqual(self.engines[0].calls, [])
         adapter.remote_interrupt(0)

@@ -28,6 +28,7 @@ from ipkernel import paths, shm
 from ipkernel.client.blocking import forwarded, get_bridge
 from ipkernel.client.interrupts import interrupting
 from ipkernel.client.partition import join, split
+from ipkernel.client.px import activate
 from ipkernel.client.results import PendingResult, ResultList, outcomes_to_results
 from ipkernel.errors import SerializationError, SharedMemoryError
 from ipkernel.frames import Serialized
@@ -497,13 +498,8 @@ class AsyncMultiEngineClient:
         return join(results) if _is_array(seq) else [x for part in results for x in part]
 
     def interrupt(self, targets: Targets = "all") -> Deferred:
-        """Raise ``KeyboardInterrupt`` in the code running on the targets now.
-
-        Sent at once, not behind this client's earlier calls; queued work still runs and
-        the engines keep their namespaces. An idle target is left alone. Fires with
-        ``[None, ...]``; a target that could not be reached fails inside a
-        ``CompositeError``.
-        """
+        """Raise ``KeyboardInterrupt`` in the code running on the targets now (sent past
+        the queues: queued work still runs, namespaces stay); fires with ``[None, ...]``."""
         check_targets(targets)
         return self._remote("interrupt", targets).addCallback(self._results, "interrupt")
 
@@ -624,6 +620,11 @@ class MultiEngineClient:
     def close(self) -> None:
         """Disconnect from the controller."""
         self._bridge.reactor.callFromThread(self._async.disconnect)
+
+    def activate(self) -> None:
+        """Make this client the one the IPython magics (``%px``, ``%autopx``, ``%result``)
+        use, loading them into the running IPython or Jupyter; RuntimeError outside."""
+        activate(self)
 
 
 def parallel_decorator(mapper: Any) -> Callable[[Callable], Callable]:
