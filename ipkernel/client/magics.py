@@ -3,7 +3,9 @@
 Loaded by ``%load_ext ipkernel`` or ``mec.activate()``, in terminal IPython and Jupyter
 alike. They use the client made active by ``mec.activate()``. What they do lives in
 :mod:`ipkernel.client.px`; this module only ties it to IPython, which ipkernel does not
-otherwise need. It imports no client module: ``ipkernel`` itself loads it.
+otherwise need. It imports no client class (the magics reach the client through
+``activate()``), so that ``ipkernel.load_ipython_extension`` can import it without an
+import circle.
 """
 
 from __future__ import annotations
