@@ -2,7 +2,15 @@
 
 One controller, many engines, and two client interfaces (MultiEngine and Task) served
 at once over Perspective Broker and TLS. The public surface for users is
-:mod:`ipkernel.client`.
+:mod:`ipkernel.client`. In IPython or Jupyter, ``%load_ext ipkernel`` loads the parallel
+magics (``%px``, ``%autopx``, ``%result``).
 """
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(shell: object) -> None:
+    """``%load_ext ipkernel``: register the parallel magics (IPython is imported only now)."""
+    from ipkernel.client.magics import load_ipython_extension as load
+
+    load(shell)

@@ -106,3 +106,7 @@ class MultiEngineAdapter(pb.Referenceable):
 
     def remote_kill(self, targets: object, controller: object = False) -> Deferred:
         return _forward(self._me.kill, _checked_targets(targets), bool(controller))
+
+    def remote_interrupt(self, targets: object) -> Deferred:
+        """Interrupt the targets' running commands (no task ids: see IMultiEngine.interrupt)."""
+        return _forward(self._me.interrupt, _checked_targets(targets))

@@ -352,6 +352,12 @@ class AsyncMultiEngineClient(ControllerConnection):
             turn.skip()
         return join(results) if _is_array(seq) else [x for part in results for x in part]
 
+    def interrupt(self, targets: Targets = "all") -> Deferred:
+        """Raise ``KeyboardInterrupt`` in the code running on the targets now (sent past
+        the queues: queued work still runs, namespaces stay); fires with ``[None, ...]``."""
+        check_targets(targets)
+        return self._remote("interrupt", targets).addCallback(self._results, "interrupt")
+
 
 def _serialized(namespace: dict) -> Serialized:
     if not isinstance(namespace, dict):

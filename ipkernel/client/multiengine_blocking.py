@@ -26,14 +26,17 @@ from typing import Any
 from ipkernel import paths
 from ipkernel.client.blocking import forwarded, get_bridge
 from ipkernel.client.connection import describe
+from ipkernel.client.interrupts import interrupting
 from ipkernel.client.key_files import find_key_file
 from ipkernel.client.mapper import Mapper, parallel_decorator
 from ipkernel.client.multiengine_async import AsyncMultiEngineClient, Targets
+from ipkernel.client.px import activate
 from ipkernel.client.results import PendingResult
 
 __all__ = ["MultiEngineClient"]
 
 
+@interrupting("execute", "run", "map")
 @forwarded(
     AsyncMultiEngineClient,
     targeted=(
@@ -58,6 +61,7 @@ __all__ = ["MultiEngineClient"]
         "scatter",
         "gather",
         "map",
+        "interrupt",
     ),
     blocking=("get_ids", "get_engine_info", "transfer_stats", "close"),
 )
@@ -121,3 +125,8 @@ class MultiEngineClient:
     ) -> Callable[[Callable[[Any], Any]], Callable[[Sequence[Any]], Any]]:
         """Decorator: ``@mec.parallel()`` turns ``f`` into ``seq -> map(f, seq)``."""
         return parallel_decorator(self.mapper(targets=targets, block=block))
+
+    def activate(self) -> None:
+        """Make this client the one the IPython magics (``%px``, ``%autopx``, ``%result``)
+        use, loading them into the running IPython or Jupyter; RuntimeError outside."""
+        activate(self)

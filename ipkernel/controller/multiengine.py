@@ -109,3 +109,7 @@ class MultiEngine:
             return succeed([])
         d = gatherResults(calls)
         return d.addCallback(lambda outcomes: list(zip(ids, outcomes, strict=True)))
+
+    def interrupt(self, targets: object) -> Deferred:
+        # Always without arguments: interrupt(taskid) aborts a task, the task service's job.
+        return maybeDeferred(self._fan_out, targets, "interrupt", lambda i: [])

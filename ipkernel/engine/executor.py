@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +27,16 @@ class MainThreadExecutor:
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._busy = False
-        self._interrupt_requested = False
+        # The number of the job running (None when idle); the job that the SIGINT sent by
+        # interrupt() is for (one signal in flight at a time: a signal that arrives after
+        # its job has ended must neither interrupt the next job nor stop the idle engine);
+        # the last job interrupt() raised KeyboardInterrupt in (once per job: a second one
+        # could land while the engine reports the first, and lose the job's answer).
+        self._job: int | None = None
+        self._jobs_run = 0
+        self._interrupting: int | None = None
+        self._interrupted: int | None = None
+        self._lock = threading.Lock()
         self._main_ident = threading.main_thread().ident
 
     def __call__(self, fn: Callable, *args: Any) -> Deferred:
@@ -39,7 +48,7 @@ class MainThreadExecutor:
     @property
     def busy(self) -> bool:
         """True while a job is running."""
-        return self._busy
+        return self._job is not None
 
     def run(self) -> None:
         """Run jobs until :meth:`stop`. Call from the main thread."""
@@ -50,33 +59,69 @@ class MainThreadExecutor:
                 if job is _STOP:
                     return
                 fn, args, d = job
-                self._busy = True
+                self._jobs_run += 1
+                signalled = False
                 try:
-                    result: Any = fn(*args)
+                    try:
+                        self._job = self._jobs_run
+                        result: Any = fn(*args)
+                    finally:
+                        # First thing after the job: no interrupt is raised from here on.
+                        with self._lock:
+                            self._job = None
+                            signalled = self._interrupting is not None
                 except BaseException:
                     result = Failure()
-                finally:
-                    self._busy = False
-                    self._interrupt_requested = False
                 if isinstance(result, Failure):
                     self._reactor.callFromThread(d.errback, result)
                 else:
                     self._reactor.callFromThread(d.callback, result)
+                if signalled:
+                    self._settle()
         finally:
             signal.signal(signal.SIGINT, previous)
+
+    def _settle(self) -> None:
+        # The signal interrupt() sent during the job that has just ended reaches
+        # _on_sigint (which drops it) as soon as this thread enters the kernel, unless a
+        # handler of the job's own (a task batch's, the user's) took it; then it never
+        # will, and the next interrupt() must not wait for it.
+        deadline = time.monotonic() + 0.05
+        while self._interrupting is not None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self._interrupting = None
 
     def stop(self) -> None:
         """Make :meth:`run` return once the current job (if any) is done."""
         self._jobs.put(_STOP)
 
     def interrupt(self) -> None:
-        """Raise ``KeyboardInterrupt`` in the running job, if there is one."""
-        if self._busy:
-            self._interrupt_requested = True
+        """Raise ``KeyboardInterrupt`` in the running job, if there is one.
+
+        At most once per job: a job that has had one (and caught it) runs on. A job that
+        ends before the signal is handled is not interrupted, nor is the next one.
+        """
+        with self._lock:
+            job = self._job
+            if job is None or job == self._interrupted or self._interrupting is not None:
+                return
+            self._interrupting = job
             signal.pthread_kill(self._main_ident, signal.SIGINT)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._busy:
+        wanted = self._interrupting
+        if wanted is not None:  # sent by interrupt(), for job number `wanted`
+            # Not in run()'s own steps around the job either: that would lose its answer.
+            if wanted == self._job and (frame is None or frame.f_code is not _RUN_CODE):
+                self._interrupted = wanted
+                self._interrupting = None
+                raise KeyboardInterrupt
+            self._interrupting = None
+            return
+        if self._job is not None:
             raise KeyboardInterrupt
         # Ctrl-C on an idle engine run from a terminal: stop it.
         self.stop()
+
+
+_RUN_CODE = MainThreadExecutor.run.__code__

@@ -87,3 +87,12 @@ class IMultiEngine(Interface):
 
         Fires with the ``(engine_id, outcome)`` pairs of the ``kill`` commands.
         """
+
+    def interrupt(targets):
+        """Raise ``KeyboardInterrupt`` in the command running on each target, if any.
+
+        Sent at once, past the queues: queued commands still run afterwards, and each
+        engine keeps its namespace. There is no argument to name a task: aborting one
+        task belongs to the task controller (``ITaskController.abort``). Fires with the
+        ``(engine_id, outcome)`` pairs of the ``interrupt`` commands.
+        """
