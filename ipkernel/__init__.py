@@ -2,7 +2,18 @@
 
 One controller, many engines, and two client interfaces (MultiEngine and Task) served
 at once over Perspective Broker and TLS. The public surface for users is
-:mod:`ipkernel.client`.
+:mod:`ipkernel.client`, and :class:`ipkernel.Cluster` (:mod:`ipkernel.cluster`) to start
+a cluster from Python.
 """
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: importing ipkernel stays light for engines and clients.
+    if name == "Cluster":
+        return importlib.import_module("ipkernel.cluster").Cluster
+    raise AttributeError(f"module 'ipkernel' has no attribute {name!r}")
