@@ -2,9 +2,13 @@
 
 One controller, many engines, and two client interfaces (MultiEngine and Task) served
 at once over Perspective Broker and TLS. The public surface for users is
-:mod:`ipkernel.client`. In IPython or Jupyter, ``%load_ext ipkernel`` loads the parallel
+:mod:`ipkernel.client`, and :class:`ipkernel.Cluster` (:mod:`ipkernel.cluster`) to start
+a cluster from Python. In IPython or Jupyter, ``%load_ext ipkernel`` loads the parallel
 magics (``%px``, ``%autopx``, ``%result``).
 """
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -14,3 +18,10 @@ def load_ipython_extension(shell: object) -> None:
     from ipkernel.client.magics import load_ipython_extension as load
 
     load(shell)
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: importing ipkernel stays light for engines and clients.
+    if name == "Cluster":
+        return importlib.import_module("ipkernel.cluster").Cluster
+    raise AttributeError(f"module 'ipkernel' has no attribute {name!r}")

@@ -12,11 +12,9 @@ import ast
 import io
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from twisted.internet import reactor, task
@@ -51,7 +49,8 @@ from ipkernel.cli.processes import (
     process_alive,
     terminate,
 )
-from tests.cluster import child_env, stop_process
+from tests.cluster import child_env
+from tests.commands import CLIProcess, gone, kill_if_ours, wait_for
 
 DEADLINE = 30.0
 PY = "/opt/py/bin/python3"
@@ -81,15 +80,18 @@ class FakeRunner:
         self.programs = set(programs)
         self.results = results or {}
         self.spawned: list[tuple[str, list[str], ChildProcess]] = []
+        self.watching: list[str] = []  # roles of the children given the lifeline
         self.ran: list[list[str]] = []
 
     def which(self, program):
         return f"/usr/bin/{program}" if program in self.programs else None
 
-    def spawn(self, role, argv, on_line=None):
+    def spawn(self, role, argv, on_line=None, watch_parent=False):
         child = ChildProcess(role, None, on_line)
         child.makeConnection(FakeTransport(1000 + len(self.spawned)))
         self.spawned.append((role, list(argv), child))
+        if watch_parent:
+            self.watching.append(role)
         return child
 
     def run(self, argv):
@@ -197,6 +199,7 @@ class LocalLauncherTests(SynchronousTestCase):
                 "/logs",
             ],
         )
+        self.assertEqual(runner.watching, ["forkengines"])  # the engines watch the lifeline
         for line in ["noise", "ipkernel-fork: engine-pid 71", "ipkernel-fork: engine-pid 72"]:
             parent.on_line(line)
         engines = [p for p in launcher.processes if isinstance(p, ForkedEngine)]
@@ -230,6 +233,7 @@ class LocalLauncherTests(SynchronousTestCase):
             ]
             * 2,
         )
+        self.assertEqual(runner.watching, ["engine", "engine"])
         self.assertEqual(len(launcher.processes), 2)
 
     def test_forked_engine_outliving_its_parent_is_watched_by_pid(self):
@@ -259,6 +263,7 @@ class MPILauncherTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(launcher.start(4)), 4)
         [(role, argv, _)] = runner.spawned
         self.assertEqual(role, "mpiexec")
+        self.assertEqual(runner.watching, [])  # mpiexec takes no --lifeline-fd
         self.assertEqual(
             argv,
             [
@@ -717,7 +722,7 @@ class IPClusterOptionTests(SynchronousTestCase):
 
 
 class ClusterStateTests(SynchronousTestCase):
-    """ipcluster's Cluster driven by a fake runner and a fake clock: no process is started."""
+    """ipcluster's ClusterSupervisor with a fake runner and a fake clock: nothing is spawned."""
 
     def make(self, *args):
         base = Path(self.mktemp()).absolute()
@@ -731,7 +736,7 @@ class ClusterStateTests(SynchronousTestCase):
         self.pid_file = base / pidfile.PID_FILE
         record = pidfile.ClusterRecord(os.getpid())
         log = io.StringIO()
-        return ipcluster.Cluster(
+        return ipcluster.ClusterSupervisor(
             self.runner.clock,
             options,
             record,
@@ -746,9 +751,11 @@ class ClusterStateTests(SynchronousTestCase):
         return next(child for r, _, child in self.runner.spawned if r == role)
 
     def test_pid_file_follows_the_processes(self):
-        """The pid file lists the controller, the forking process, then each engine forked."""
+        """The pid file lists the controller, the forking process, then each engine forked;
+        the controller and the engines are given ipcluster's lifeline."""
         cluster = self.make("-n", "2")
         cluster.start()
+        self.assertEqual(self.runner.watching, ["controller", "forkengines"])
         self.assertEqual(
             pidfile.read_pid_file(self.pid_file).children,
             [("controller", 1000), ("forkengines", 1001)],
@@ -804,86 +811,6 @@ class ClusterStateTests(SynchronousTestCase):
 
 
 # --- integration: real processes --------------------------------------------------------------
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _kill_if_ours(pid: int) -> None:
-    """SIGKILL ``pid`` if it is still running ipkernel code (never anything else)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return
-    if b"ipkernel" in cmdline or b"twistd" in cmdline:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def _wait_for(predicate, what: str, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-class CLIProcess:
-    """A command run as a child process; output read with a deadline; killed in cleanup."""
-
-    def __init__(self, testcase, argv, env, cwd=None):
-        self.testcase = testcase
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.out = b""
-        self.known_pids: set[int] = set()
-        testcase.addCleanup(self.cleanup)
-
-    def read_until(self, text: str, deadline: float = DEADLINE) -> str:
-        """Read stdout until ``text`` appears; fail (with stderr) if the deadline passes first."""
-        end = time.monotonic() + deadline
-        fd = self.proc.stdout.fileno()
-        while text.encode() not in self.out:
-            left = end - time.monotonic()
-            if left <= 0:
-                break
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                self.out += chunk
-        if text.encode() not in self.out:
-            self.proc.kill()
-            self.testcase.fail(
-                f"{text!r} not printed; stdout: {self.out.decode()!r}; "
-                f"stderr: {self.proc.stderr.read().decode()!r}"
-            )
-        return self.out.decode()
-
-    def wait(self, timeout: float = DEADLINE) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, (self.out + out).decode(), err.decode()
-
-    def cleanup(self) -> None:
-        stop_process(self.proc)
-        for pid in self.known_pids:
-            _kill_if_ours(pid)
 
 
 def _python(*args: str) -> list[str]:
@@ -975,8 +902,8 @@ class IPClusterTests(TestCase):
         cluster.known_pids.update(pid for _, pid in record.children)
         return record.children
 
-    def assert_all_gone(self, pids) -> None:
-        alive = [pid for pid in pids if not _gone(pid)]
+    def assert_allgone(self, pids) -> None:
+        alive = [pid for pid in pids if not gone(pid)]
         self.assertEqual(alive, [], "processes left behind")
 
     def test_start_connect_stop(self):
@@ -1025,7 +952,7 @@ class IPClusterTests(TestCase):
         self.assertIn(f"stopped ipcluster {cluster.proc.pid}", stop.stdout)
         code, _, err = cluster.wait()
         self.assertEqual(code, 0, err)
-        self.assert_all_gone([pid for _, pid in children])
+        self.assert_allgone([pid for _, pid in children])
         self.assertFalse(self.pid_file.exists())
 
     def test_sigint_stops_everything(self):
@@ -1036,10 +963,25 @@ class IPClusterTests(TestCase):
         cluster.proc.send_signal(signal.SIGINT)
         code, _, err = cluster.wait()
         self.assertEqual(code, 0, err)
-        self.assert_all_gone([pid for _, pid in children])
+        self.assert_allgone([pid for _, pid in children])
         self.assertFalse(self.pid_file.exists())
         log = (self.dir / "log" / f"ipcluster-{cluster.proc.pid}.log").read_text()
         self.assertIn("stop requested: SIGINT", log)
+
+    def test_children_end_when_ipcluster_is_killed(self):
+        """SIGKILL of ipcluster leaves nothing running: the controller and the engines, forked
+        or not, see its lifeline end and stop by themselves."""
+        for args in [(), ("--exec-engines",)]:
+            cluster = self.ipcluster("-n", "2", *args)
+            children = self.started(cluster, 2)
+            cluster.proc.kill()
+            cluster.wait()
+            pids = [pid for _, pid in children]
+            wait_for(
+                lambda pids=pids: not any(map(process_alive, pids)),
+                f"the children {pids} of a killed ipcluster to end",
+            )
+            self.pid_file.unlink()  # stale: its ipcluster was killed
 
     def test_controller_failure_is_reported(self):
         """A controller that cannot listen ends ipcluster: exit 1, its error, no leftovers."""
@@ -1063,7 +1005,7 @@ class IPClusterTests(TestCase):
         }
         cluster.known_pids.update(pids)
         self.assertGreaterEqual(len(pids), 3)
-        self.assert_all_gone(pids)
+        self.assert_allgone(pids)
         self.assertFalse(self.pid_file.exists())
 
     def test_stop_without_cluster(self):
@@ -1142,7 +1084,7 @@ class SSHLauncherProcessTests(TestCase):
         cluster.proc.send_signal(signal.SIGTERM)
         code, _, err = cluster.wait()
         self.assertEqual(code, 0, err)
-        self.assertEqual([pid for _, pid in record.children if not _gone(pid)], [])
+        self.assertEqual([pid for _, pid in record.children if not gone(pid)], [])
         log = (base / "ipk" / "log" / f"ipcluster-{cluster.proc.pid}.log").read_text()
         self.assertIn("running: ssh -o BatchMode=yes localhost 'kill -TERM ", log)
 
@@ -1178,7 +1120,7 @@ class TwistdTests(TestCase):
         pid_file = self.dir / "twistd.pid"
         argv = self.twistd("-n", "--pidfile", str(pid_file), "ipcontroller", "--ip", "127.0.0.1")
         process = CLIProcess(self, argv, self.env, cwd=str(self.dir))
-        _wait_for(lambda: self.mec.exists() or process.proc.poll() is not None, "the key file")
+        wait_for(lambda: self.mec.exists() or process.proc.poll() is not None, "the key file")
         if process.proc.poll() is not None:
             self.fail(f"twistd ended: {process.wait()}")
         yield self.assert_controller_answers()
@@ -1199,12 +1141,12 @@ class TwistdTests(TestCase):
             argv, env=self.env, cwd=str(self.dir), capture_output=True, text=True, timeout=DEADLINE
         )
         self.assertEqual(result.returncode, 0, result.stderr)
-        _wait_for(lambda: pid_file.exists() and self.mec.exists(), "the pid file and key file")
+        wait_for(lambda: pid_file.exists() and self.mec.exists(), "the pid file and key file")
         pid = int(pid_file.read_text())
-        self.addCleanup(_kill_if_ours, pid)
+        self.addCleanup(kill_if_ours, pid)
         yield self.assert_controller_answers()
         os.kill(pid, signal.SIGTERM)
         # Not our child: once it exits, whoever adopted it reaps it.
-        _wait_for(lambda: not process_alive(pid), f"daemon {pid} to exit")
+        wait_for(lambda: not process_alive(pid), f"daemon {pid} to exit")
         self.assertFalse(pid_file.exists())
         self.assertIn("controller listening on 127.0.0.1", log_file.read_text())

@@ -53,21 +53,26 @@ class CommandOptions(usage.Options):
     #: The name of each option's value, by option name (``VALUE`` when not given). Merged
     #: along the class hierarchy, so a subclass adds to its bases' names.
     metavars: ClassVar[dict[str, str]] = {}
+    #: Options listed after the others, just before ``--help``: those that programs pass
+    #: rather than people (``--lifeline-fd``).
+    listed_last: ClassVar[tuple[str, ...]] = ()
 
     def option_sections(self) -> list[tuple[str, list[str]]]:
         """The help's sections: ``(heading, option names)``; one ``Options`` section here."""
         return [("Options", self.option_names())]
 
     def option_names(self) -> list[str]:
-        """Every option's name, the most derived class's first, ``help``/``version`` last."""
+        """Every option's name, the most derived class's first, :attr:`listed_last` and
+        ``help``/``version`` last."""
         names: list[str] = []
         for cls in type(self).__mro__:
             own = vars(cls)
             names += [entry[0] for entry in own.get("optParameters", [])]
             names += [entry[0] for entry in own.get("optFlags", [])]
             names += [key[4:].replace("_", "-") for key in own if key.startswith("opt_")]
-        ordered = [name for name in dict.fromkeys(names) if name not in _LAST]
-        return [*ordered, *(name for name in _LAST if name in names)]
+        last = (*self.listed_last, *_LAST)
+        ordered = [name for name in dict.fromkeys(names) if name not in last]
+        return [*ordered, *(name for name in last if name in names)]
 
     def _metavar(self, name: str) -> str:
         merged: dict[str, str] = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import traceback
 
 #: Prefix of the lines this process prints about its engines.
 MARKER = "ipkernel-fork:"
@@ -120,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
             try:
                 code = _child(engine_args)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                # os._exit below would end the child before Python printed the error.
+                traceback.print_exc()
             finally:
                 # Never return into the parent's stack, and skip its atexit handlers.
                 sys.stdout.flush()

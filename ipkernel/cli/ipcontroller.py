@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import sys
 
-from twisted.logger import globalLogBeginner
+from twisted.logger import Logger, globalLogBeginner
 from twisted.python import usage
 
 from ipkernel import tap
+from ipkernel.cli import lifeline
 from ipkernel.cli.command_options import CommandOptions
 
 
 class ControllerOptions(CommandOptions, tap.Options):
-    """Options of ``ipcontroller``: the controller's (:class:`ipkernel.tap.Options`)."""
+    """Options of ``ipcontroller``: the controller's (:class:`ipkernel.tap.Options`), and
+    ``--lifeline-fd`` (the ``twistd`` plugin has no parent to watch)."""
 
     synopsis = "Usage: ipcontroller [options]"
+    optParameters = [["lifeline-fd", None, None, lifeline.HELP, lifeline.open_fd]]
+    metavars = {"lifeline-fd": "FD"}
+    listed_last = ("lifeline-fd",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
             reactor.stop()
 
     reactor.callWhenRunning(start)
+    if options["lifeline-fd"] is not None:
+
+        def parent_gone() -> None:
+            # Not a print: stderr is a pipe to the parent that has gone.
+            Logger(namespace="ipcontroller").info("the process that started it has ended")
+            if reactor.running:
+                reactor.stop()
+
+        reactor.callWhenRunning(lifeline.watch, reactor, options["lifeline-fd"], parent_gone)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 1 if failed else 0

@@ -11,6 +11,7 @@ from twisted.logger import Logger, globalLogBeginner
 from twisted.python import usage
 
 from ipkernel import paths, tap
+from ipkernel.cli import lifeline
 from ipkernel.cli.command_options import CommandOptions
 
 
@@ -32,13 +33,16 @@ class Options(CommandOptions):
         ],
         ["security-dir", None, None, "Where the key files are (default: $IPKERNEL_DIR/security)."],
         ["log-dir", None, None, "Where the log goes (default: $IPKERNEL_DIR/log)."],
+        ["lifeline-fd", None, None, lifeline.HELP, lifeline.open_fd],
     ]
     metavars = {
         "furl-file": "FILE",
+        "lifeline-fd": "FD",
         "security-dir": "DIR",
         "log-dir": "DIR",
         "property": "KEY=VALUE",
     }
+    listed_last = ("lifeline-fd",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,11 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     executor = MainThreadExecutor(reactor)
     interpreter = Interpreter(engine_id=rank or 0, mpi=mpi, properties=properties)
 
-    def kill() -> None:
-        log.info("told to stop")
+    def leave(why: str) -> None:
+        log.info(why)
         # Answer the controller first, then go, even if user code is still running.
         reactor.callLater(0, service.stopService)
         reactor.callLater(0.05, os._exit, 0)
+
+    def kill() -> None:
+        leave("told to stop")
 
     from ipkernel.shm import SegmentKeeper
     from ipkernel.wire.buffers import tune_allocator
@@ -125,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         lambda version: reactor.callFromThread(service.notify_properties_changed, version)
     )
     reactor.callWhenRunning(service.startService)
+    if options["lifeline-fd"] is not None:
+        reactor.callWhenRunning(
+            lifeline.watch,
+            reactor,
+            options["lifeline-fd"],
+            lambda: leave("the process that started this engine has ended"),
+        )
     thread = threading.Thread(
         target=reactor.run, kwargs={"installSignalHandlers": False}, name="reactor", daemon=True
     )

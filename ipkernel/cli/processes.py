@@ -32,6 +32,8 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from ipkernel.cli.lifeline import CHILD_FD, OPTION, Lifeline
+
 __all__ = [
     "DEFAULT_GRACE",
     "ChildProcess",
@@ -348,12 +350,19 @@ class ProcessRunner(Protocol):
     clock: Any
 
     def spawn(
-        self, role: str, argv: Sequence[str], on_line: Callable[[str], Any] | None = None
+        self,
+        role: str,
+        argv: Sequence[str],
+        on_line: Callable[[str], Any] | None = None,
+        watch_parent: bool = False,
     ) -> ChildProcess:
         """Start ``argv`` (``argv[0]`` looked up on ``PATH``) as a long-lived child.
 
-        Returns its :class:`ChildProcess` (``pid`` set). Raises ``OSError`` if it cannot be
-        started.
+        With ``watch_parent`` the child is also given the runner's lifeline
+        (:mod:`ipkernel.cli.lifeline`) and ``--lifeline-fd`` after ``argv``, so that it
+        stops if this process dies; only ``ipcontroller``, ``ipengine`` and
+        ``forkengines`` take that option. Returns its :class:`ChildProcess` (``pid`` set).
+        Raises ``OSError`` if it cannot be started.
         """
 
     def run(self, argv: Sequence[str]) -> Deferred:
@@ -370,16 +379,22 @@ class ProcessRunner(Protocol):
 class ReactorProcessRunner:
     """:class:`ProcessRunner` over ``reactor.spawnProcess``; children get ``env``.
 
-    ``sink`` is the cluster log that long-lived children's output goes to.
+    ``sink`` is the cluster log that long-lived children's output goes to; ``lifeline``
+    the one given to children spawned with ``watch_parent`` (None: they get none).
     """
 
     def __init__(
-        self, reactor: Any, sink: TextIO | None, env: dict[str, str] | None = None
+        self,
+        reactor: Any,
+        sink: TextIO | None,
+        env: dict[str, str] | None = None,
+        lifeline: Lifeline | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = reactor
         self.sink = sink
         self.env = dict(os.environ if env is None else env)
+        self.lifeline = lifeline
         self.children: list[ChildProcess] = []
 
     def which(self, program: str) -> str | None:
@@ -402,10 +417,21 @@ class ReactorProcessRunner:
                 pass
 
     def spawn(
-        self, role: str, argv: Sequence[str], on_line: Callable[[str], Any] | None = None
+        self,
+        role: str,
+        argv: Sequence[str],
+        on_line: Callable[[str], Any] | None = None,
+        watch_parent: bool = False,
     ) -> ChildProcess:
         child = ChildProcess(role, self.sink, on_line)
-        self.reactor.spawnProcess(child, self._executable(argv[0]), list(argv), env=self.env)
+        fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        argv = list(argv)
+        if watch_parent and self.lifeline is not None:
+            fds[CHILD_FD] = self.lifeline.read_fd
+            argv += [OPTION, str(CHILD_FD)]
+        self.reactor.spawnProcess(
+            child, self._executable(argv[0]), argv, env=self.env, childFDs=fds
+        )
         self.children.append(child)
         self.note(f"started {role} process {child.pid}: {shlex.join(argv)}")
         return child

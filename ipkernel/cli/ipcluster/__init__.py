@@ -28,18 +28,24 @@ stop`` sends SIGTERM to the first and waits until it is gone. One ipcluster runs
 lists that are still running ipkernel are stopped, by ``ipcluster stop`` and by the next
 ``ipcluster start``.
 
+The controller and local engines are given ipcluster's lifeline
+(:mod:`ipkernel.cli.lifeline`): should ipcluster be killed, they stop by themselves. With
+``--lifeline-fd FD`` ipcluster watches one of its own and stops the cluster when the
+program that started it ends; :class:`ipkernel.Cluster` runs it so.
+
 Engines elsewhere: ``--launcher mpi|ssh|slurm`` (see :mod:`ipkernel.cli.launchers`).
 
 Modules: :mod:`~ipkernel.cli.ipcluster.command` (the command and its reactor),
 :mod:`~ipkernel.cli.ipcluster.options` (its options, and the controller's and engines'
-command lines), :mod:`~ipkernel.cli.ipcluster.cluster` (one running cluster),
+command lines), :mod:`~ipkernel.cli.ipcluster.cluster` (one running cluster, and
+:class:`ClusterError`),
 :mod:`~ipkernel.cli.ipcluster.registration` (waiting for the engines),
 :mod:`~ipkernel.cli.ipcluster.output` (what it prints and logs),
 :mod:`~ipkernel.cli.ipcluster.stop` and :mod:`~ipkernel.cli.ipcluster.pidfile`
 (``ipcluster stop`` and the pid file).
 """
 
-from ipkernel.cli.ipcluster.cluster import Cluster, ClusterError, StopRequested
+from ipkernel.cli.ipcluster.cluster import ClusterError, ClusterSupervisor, StopRequested
 from ipkernel.cli.ipcluster.command import main, start_main
 from ipkernel.cli.ipcluster.options import (
     StartOptions,
@@ -51,8 +57,8 @@ from ipkernel.cli.ipcluster.output import connect_lines
 from ipkernel.cli.ipcluster.stop import stop_main
 
 __all__ = [
-    "Cluster",
     "ClusterError",
+    "ClusterSupervisor",
     "StartOptions",
     "StopOptions",
     "StopRequested",

@@ -1,9 +1,11 @@
 """One running cluster: a controller and its engines, started, watched and stopped by PID.
 
-:class:`Cluster` starts the controller (``python -m ipkernel.cli.ipcontroller``) and the
-engines (through a launcher, :mod:`ipkernel.cli.launchers`) at the same time, waits until
-every engine has registered, keeps the pid file's list of processes up to date, and ends
-when asked to or when the controller ends; it then stops every process it started.
+:class:`ClusterSupervisor` starts the controller (``python -m ipkernel.cli.ipcontroller``)
+and the engines (through a launcher, :mod:`ipkernel.cli.launchers`) at the same time, waits
+until every engine has registered, keeps the pid file's list of processes up to date, and
+ends when asked to or when the controller ends; it then stops every process it started.
+The controller and local engines watch its lifeline (:mod:`ipkernel.cli.lifeline`), so
+they end with ipcluster even when it is killed.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from ipkernel.cli.launchers import (
     LaunchSettings,
     make_launcher,
 )
+from ipkernel.cli.lifeline import Lifeline
+from ipkernel.errors import IPKernelError
 
-__all__ = ["GRACE", "Cluster", "ClusterError", "StopRequested"]
+__all__ = ["GRACE", "ClusterError", "ClusterSupervisor", "StopRequested"]
 
 #: Seconds between SIGTERM and SIGKILL when stopping children.
 GRACE = processes.DEFAULT_GRACE
@@ -38,8 +42,11 @@ GRACE = processes.DEFAULT_GRACE
 _QUOTED_LINES = 12
 
 
-class ClusterError(Exception):
-    """The cluster cannot start or run; the message says what failed and where to look."""
+class ClusterError(IPKernelError):
+    """The cluster cannot start or run; the message says what failed and where to look.
+
+    Reported by ``ipcluster`` and raised by :class:`ipkernel.Cluster`.
+    """
 
 
 class StopRequested(ClusterError):
@@ -57,7 +64,7 @@ def _remove_stale_key_files(security: Path) -> None:
             pass
 
 
-class Cluster:
+class ClusterSupervisor:
     """One controller and its engines, inside a main-thread reactor.
 
     :meth:`start` launches everything and fires once every engine has registered (or
@@ -85,7 +92,11 @@ class Cluster:
         self.log = log
         self.log_path = log_path
         self.err = err
-        self.runner = runner or processes.ReactorProcessRunner(reactor, log, os.environ)
+        # The controller and local engines watch this process's lifeline: they end with it
+        # even if it is killed.
+        self.runner = runner or processes.ReactorProcessRunner(
+            reactor, log, os.environ, lifeline=Lifeline()
+        )
         self.security = paths.security_dir(options["security-dir"])
         self.controller: processes.ChildProcess | None = None
         self.launcher: Launcher | None = None
@@ -155,7 +166,7 @@ class Cluster:
             _remove_stale_key_files(self.security)
         argv = controller_argv(options)
         try:
-            self.controller = self.runner.spawn("controller", argv)
+            self.controller = self.runner.spawn("controller", argv, watch_parent=True)
         except OSError as exc:
             raise ClusterError(f"cannot start the controller ({argv[0]}): {exc}")
         self.controller.when_ended().addCallback(self._controller_ended)

@@ -1,8 +1,10 @@
 """The ``ipcluster`` command: ``ipcluster [start] [options]`` or ``ipcluster stop [options]``.
 
 ``ipcluster start`` takes the pid file, opens the cluster's log, and runs a
-:class:`~ipkernel.cli.ipcluster.cluster.Cluster` in the reactor until Ctrl-C, SIGTERM,
-``ipcluster stop`` or the controller's end; a second signal kills every child at once.
+:class:`~ipkernel.cli.ipcluster.cluster.ClusterSupervisor` in the reactor until Ctrl-C,
+SIGTERM, ``ipcluster stop``, the controller's end, or (with ``--lifeline-fd``, as
+:class:`ipkernel.Cluster` runs it) the end of the program that started it; a second signal
+kills every child at once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from ipkernel import paths
-from ipkernel.cli.ipcluster.cluster import Cluster, ClusterError, StopRequested
+from ipkernel.cli import lifeline
+from ipkernel.cli.ipcluster.cluster import ClusterError, ClusterSupervisor, StopRequested
 from ipkernel.cli.ipcluster.options import StartOptions
 from ipkernel.cli.ipcluster.output import open_log, running_message
 from ipkernel.cli.ipcluster.pidfile import (
@@ -34,7 +37,7 @@ from ipkernel.cli.launchers import LauncherError
 __all__ = ["main", "start_main"]
 
 
-def _run(cluster: Cluster, out: TextIO, err: TextIO) -> Deferred:
+def _run(cluster: ClusterSupervisor, out: TextIO, err: TextIO) -> Deferred:
     """The cluster's life in the reactor; fires with the exit code."""
 
     @inlineCallbacks
@@ -95,7 +98,7 @@ def _run_reactor(
     globalLogBeginner.beginLoggingTo(
         [FileLogObserver(log, formatEventAsClassicLogText)], redirectStandardIO=False
     )
-    cluster = Cluster(reactor, options, record, pid_file, log, log_path, err)
+    cluster = ClusterSupervisor(reactor, options, record, pid_file, log, log_path, err)
     result: list[int] = []
     signals_seen: list[str] = []
 
@@ -112,6 +115,12 @@ def _run_reactor(
         # a signal ends the cluster (stopping every child) rather than the reactor.
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+        if options["lifeline-fd"] is not None:
+            lifeline.watch(
+                reactor,
+                options["lifeline-fd"],
+                lambda: cluster.request_stop("the process that started ipcluster has ended"),
+            )
         d = _run(cluster, out, err)
         d.addErrback(crashed)
         d.addCallback(finish)

@@ -14,6 +14,7 @@ from pathlib import Path
 from twisted.python import usage
 
 from ipkernel import paths, tap
+from ipkernel.cli import lifeline
 from ipkernel.cli.command_options import CommandOptions
 from ipkernel.cli.launchers import LAUNCHERS
 
@@ -90,6 +91,7 @@ class StartOptions(CommandOptions, tap.Options):
             "Seconds to wait for the controller and every engine to come up.",
             _seconds,
         ],
+        ["lifeline-fd", None, None, lifeline.HELP, lifeline.open_fd],
     ]
     optFlags = [
         [
@@ -105,7 +107,9 @@ class StartOptions(CommandOptions, tap.Options):
         "hostfile": "FILE",
         "timeout": "SECONDS",
         "engine-arg": "ARG",
+        "lifeline-fd": "FD",
     }
+    listed_last = ("lifeline-fd",)
 
     def __init__(self) -> None:
         super().__init__()

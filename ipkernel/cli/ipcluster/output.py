@@ -12,7 +12,11 @@ from typing import TextIO
 
 from ipkernel import paths
 
-__all__ = ["connect_lines", "open_log", "running_message"]
+__all__ = ["RUNNING", "connect_lines", "open_log", "running_message"]
+
+#: How the message printed once every engine is up begins (:class:`ipkernel.Cluster` waits
+#: for it).
+RUNNING = "ipcluster: a controller and "
 
 
 def connect_lines(security_dir: Path, has_task_client: bool = True) -> list[str]:
@@ -37,7 +41,7 @@ def running_message(count: int, security_dir: Path, has_task_client: bool = True
     engines = f"{count} engine" if count == 1 else f"{count} engines"
     lines = connect_lines(security_dir, has_task_client)
     return (
-        f"ipcluster: a controller and {engines} are running "
+        f"{RUNNING}{engines} are running "
         "(stop with Ctrl-C or `ipcluster stop`).\nConnect with:\n\n"
         + "".join(f"    {line}\n" for line in lines)
     )

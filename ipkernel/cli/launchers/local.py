@@ -23,6 +23,8 @@ class LocalLauncher(Launcher):
     engine's code once and forks the ``n`` engines, each then known by its PID as a
     :class:`ForkedEngine`; with ``fork=False`` each engine is its own ``python -m
     ipkernel.cli.ipengine ...`` (slower to start: every interpreter imports everything).
+    Every engine watches the runner's lifeline (:mod:`ipkernel.cli.lifeline`), so that the
+    engines end with ipcluster even if it is killed.
     """
 
     name = "local"
@@ -49,9 +51,9 @@ class LocalLauncher(Launcher):
     def start(self, n: int) -> Deferred:
         if not self.fork:
             for _ in range(n):
-                self._add(self.runner.spawn("engine", self.command.argv()))
+                self._add(self.runner.spawn("engine", self.command.argv(), watch_parent=True))
             return defer.succeed(n)
-        parent = self.runner.spawn("forkengines", self.fork_argv(n))
+        parent = self.runner.spawn("forkengines", self.fork_argv(n), watch_parent=True)
         # No output is read before the reactor runs again, so nothing is missed.
         parent.on_line = lambda line: self._fork_report(parent, line)
         self._add(parent)
