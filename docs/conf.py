@@ -8,6 +8,7 @@ command's ``--help``, and the ``<!-- not-run -->`` marker for Python examples th
 documentation tests (``tests/test_docs_examples.py``) must not run.
 """
 
+import importlib.util
 import inspect
 import re
 import sys
@@ -41,6 +42,9 @@ myst_enable_extensions = ["colon_fence", "deflist"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "show-inheritance": True}
+# ipkernel.joblib can be documented without joblib, an optional dependency (its base
+# classes are then stand-ins).
+autodoc_mock_imports = [] if importlib.util.find_spec("joblib") else ["joblib"]
 
 html_theme = "alabaster"
 html_title = f"ipkernel {release}"
@@ -49,7 +53,7 @@ html_static_path: list[str] = []
 
 # The synchronous clients' methods are made from the asynchronous ones, whose docs and
 # signatures they copy (client/blocking.py): show them returning what the Deferred fires
-# with, and taking ``block`` where the forwarding method accepts it.
+# with, and taking ``block`` and ``progress`` where the forwarding method accepts them.
 SYNC_CLIENTS = ("ipkernel.client.MultiEngineClient.", "ipkernel.client.TaskClient.")
 
 
@@ -62,6 +66,8 @@ def blocking_signature(app, what, name, obj, options, signature, return_annotati
     takes_block = forwarding.get("blockable") or forwarding.get("targeted")
     if takes_block and not re.search(r"\bblock\b", signature):
         signature = signature[:-1] + ", block: bool | None = None)"
+    if forwarding.get("wait") and not re.search(r"\bprogress\b", signature):
+        signature = signature[:-1] + ", progress: bool = True)"
     return signature, None
 
 

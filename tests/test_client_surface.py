@@ -17,6 +17,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import inlineCallbacks, maybeDeferred, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from ipkernel.client import progress
 from ipkernel.client.connection import ControllerConnection, describe
 from ipkernel.client.results import PendingResult
 from ipkernel.client.task_blocking import TaskClient
@@ -214,6 +215,8 @@ class BlockingTaskClientTests(SynchronousTestCase):
     def _client(self, reserved: list[int]) -> tuple[TaskClient, _Bridge]:
         """A TaskClient over a fake bridge and asynchronous client (no connection)."""
         tc = TaskClient.__new__(TaskClient)
+        # The fake bridge only runs calls: no progress bar, even when stderr is a terminal.
+        self.patch(progress, "wanted", lambda show=True: False)
         bridge = _Bridge(self)
         tc._bridge, tc._async, tc.block, tc._pending = bridge, _AsyncTasks(reserved), True, set()
         tc._atexit = lambda: None

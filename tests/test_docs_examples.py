@@ -30,6 +30,7 @@ PAGES = (
     "docs/guide.md",
     "docs/multiengine.md",
     "docs/task.md",
+    "docs/notebook.md",
     "docs/security.md",
 )
 
@@ -231,6 +232,11 @@ class PagesTests(TestCase):
     def test_task(self):
         """The Task chapter's examples pass, outputs included."""
         return self.check_page("docs/task.md")
+
+    def test_notebook(self):
+        """The notebook chapter's script examples (executors, joblib, asyncio, progress,
+        interrupting) pass."""
+        return self.check_page("docs/notebook.md")
 
     def test_security(self):
         """The security page's examples (key files, modes, refused keys) pass."""

@@ -7,7 +7,9 @@ such as ``TaskClient.run``, call the asynchronous client's public methods throug
 call goes through ``twisted.internet.threads.blockingCallFromThread``; Ctrl-C while it
 waits raises ``KeyboardInterrupt`` at once, cancels the call's Deferred (its late answer
 is dropped) and leaves the client usable. A non-blocking call returns a
-:class:`~ipkernel.client.results.PendingResult` over a ``concurrent.futures.Future``.
+:class:`~ipkernel.client.results.PendingResult` over a ``concurrent.futures.Future``. The
+forwarders of waits that may last take ``progress=`` and show a bar when they do
+(:mod:`ipkernel.client.progress`, through :meth:`ReactorBridge.start`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
 
+from ipkernel.client.progress import waiting_call
 from ipkernel.client.results import PendingResult
 from ipkernel.errors import ClientUnusable
 
@@ -97,6 +100,27 @@ class ReactorBridge:
         self.reactor.callFromThread(start)
         return future
 
+    def start(
+        self, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> tuple[concurrent.futures.Future, Callable[[], None]]:
+        """Start ``fn`` in the reactor thread, for a caller that waits its own way
+        (:mod:`ipkernel.client.progress`): a Future of its result, and a function that
+        cancels the call's Deferred, as Ctrl-C in :meth:`call` does."""
+        self.check_usable()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        started: list[Deferred] = []
+
+        def begin() -> None:
+            d = maybeDeferred(fn, *args, **kwargs)
+            started.append(d)
+            d.addCallbacks(future.set_result, lambda f: future.set_exception(f.value))
+
+        def cancel() -> None:
+            self.reactor.callFromThread(lambda: started and started[0].cancel())
+
+        self.reactor.callFromThread(begin)
+        return future, cancel
+
 
 def get_bridge() -> ReactorBridge:
     """The process's bridge, started on first use."""
@@ -107,23 +131,30 @@ def get_bridge() -> ReactorBridge:
         return _bridge
 
 
-def forward(name: str, *, targeted: bool = False, blockable: bool = False) -> Callable[..., Any]:
+def forward(
+    name: str, *, targeted: bool = False, blockable: bool = False, wait: bool = False
+) -> Callable[..., Any]:
     """A synchronous method that forwards to the asynchronous client's method ``name``.
 
     With ``targeted`` the method takes a ``targets=`` keyword whose default is the
     instance's ``targets`` attribute. With ``blockable`` (implied by ``targeted``) it takes
     a ``block=`` keyword whose default is the instance's ``block`` attribute, and a
     non-blocking call returns a :class:`PendingResult`. Otherwise the call always blocks.
+    With ``wait`` it also takes ``progress=`` (default true): a blocking call that lasts
+    shows a bar (:mod:`ipkernel.client.progress`).
     """
     blockable = blockable or targeted
 
     def method(self, *args: Any, **kwargs: Any) -> Any:
         target = getattr(self._async, name)
+        call = self._bridge.call
+        if wait:
+            call = waiting_call(self._bridge, name, kwargs.pop("progress", True))
         if targeted and kwargs.get("targets") is None:
             kwargs["targets"] = self.targets
         block = kwargs.pop("block", None) if blockable else True
         if self.block if block is None else block:
-            return self._bridge.call(target, *args, **kwargs)
+            return call(target, *args, **kwargs)
         pending = PendingResult(self._bridge.submit(target, *args, **kwargs), self)
         self._pending.add(pending)
         return pending
@@ -138,11 +169,13 @@ def forwarded(
     targeted: tuple[str, ...] = (),
     blockable: tuple[str, ...] = (),
     blocking: tuple[str, ...] = (),
+    waits: tuple[str, ...] = (),
 ) -> Callable[[type], type]:
     """Class decorator: add forwarding methods with the asynchronous methods' docs.
 
     ``targeted`` names take ``targets=`` and ``block=``, ``blockable`` names ``block=``
-    only, ``blocking`` names neither (they always block); see :func:`forward`.
+    only, ``blocking`` names neither (they always block); those also named in ``waits``
+    take ``progress=`` and show a bar when a blocking call lasts. See :func:`forward`.
     """
 
     def decorate(cls: type) -> type:
@@ -152,7 +185,7 @@ def forwarded(
             (blocking, {}),
         ):
             for name in names:
-                method = forward(name, **options)
+                method = forward(name, wait=name in waits, **options)
                 functools.update_wrapper(method, getattr(async_cls, name), updated=())
                 setattr(cls, name, method)
         return cls

@@ -25,6 +25,7 @@ from twisted.spread import pb
 
 from ipkernel.client.connection import ControllerConnection
 from ipkernel.client.engine_payloads import EnginePayloads
+from ipkernel.client.executors import call_function
 from ipkernel.client.ordering import Turn, Turns
 from ipkernel.client.partition import join, split
 from ipkernel.client.results import ResultList, outcomes_to_results
@@ -351,6 +352,20 @@ class AsyncMultiEngineClient(ControllerConnection):
         finally:
             turn.skip()
         return join(results) if _is_array(seq) else [x for part in results for x in part]
+
+    def apply(
+        self,
+        func: Callable,
+        args: Sequence = (),
+        kwargs: dict | None = None,
+        targets: Targets = "all",
+    ) -> Deferred:
+        """``func(*args, **kwargs)`` on each target (in its ``__main__``); fires with the
+        return values in target order, or fails with a ``CompositeError``."""
+        check_targets(targets)
+        call = dump((call_function, [(func, tuple(args), dict(kwargs or {}))]))
+        d = self._send_same(targets, "apply", call, "apply")
+        return d.addCallback(lambda rows: [row[0] for row in rows])
 
     def interrupt(self, targets: Targets = "all") -> Deferred:
         """Raise ``KeyboardInterrupt`` in the code running on the targets now (sent past

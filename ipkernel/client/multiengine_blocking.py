@@ -13,11 +13,13 @@ over the reactor thread.
 Its engine methods forward to the
 :class:`~ipkernel.client.multiengine_async.AsyncMultiEngineClient` through
 :mod:`ipkernel.client.blocking`, with the instance's ``targets`` and ``block`` as defaults.
+The waits (``get_result``, ``gather``, ``barrier``) show a progress bar when they last
+(:mod:`ipkernel.client.progress`); ``executor()`` makes a ``concurrent.futures``
+executor (:mod:`ipkernel.client.executors`).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -26,12 +28,15 @@ from typing import Any
 from ipkernel import paths
 from ipkernel.client.blocking import forwarded, get_bridge
 from ipkernel.client.connection import describe
+from ipkernel.client.executors import MultiEngineExecutor
 from ipkernel.client.interrupts import interrupting
 from ipkernel.client.key_files import find_key_file
 from ipkernel.client.mapper import Mapper, parallel_decorator
 from ipkernel.client.multiengine_async import AsyncMultiEngineClient, Targets
+from ipkernel.client.progress import wait_all
 from ipkernel.client.px import activate
 from ipkernel.client.results import PendingResult
+from ipkernel.interfaces.multiengine import check_targets
 
 __all__ = ["MultiEngineClient"]
 
@@ -64,6 +69,7 @@ __all__ = ["MultiEngineClient"]
         "interrupt",
     ),
     blocking=("get_ids", "get_engine_info", "transfer_stats", "close"),
+    waits=("get_result", "gather"),
 )
 class MultiEngineClient:
     """The MultiEngine client (blocking by default).
@@ -102,9 +108,10 @@ class MultiEngineClient:
         """``mec['a'] = v`` pushes ``a = v`` to the current targets."""
         self.push({key: value})
 
-    def barrier(self, pending_results: Iterable[PendingResult]) -> None:
-        """Wait until every :class:`PendingResult` given is done (errors are not raised)."""
-        concurrent.futures.wait([pr.future for pr in pending_results])
+    def barrier(self, pending_results: Iterable[PendingResult], progress: bool = True) -> None:
+        """Wait until every :class:`PendingResult` given is done (errors are not raised);
+        a wait that lasts shows a bar unless ``progress`` is false."""
+        wait_all([pr.future for pr in pending_results], "barrier", progress)
 
     def flush(self) -> None:
         """Drop the results this client's non-blocking calls hold (others' are untouched)."""
@@ -130,3 +137,11 @@ class MultiEngineClient:
         """Make this client the one the IPython magics (``%px``, ``%autopx``, ``%result``)
         use, loading them into the running IPython or Jupyter; RuntimeError outside."""
         activate(self)
+
+    def executor(self, targets: Targets | None = None) -> MultiEngineExecutor:
+        """A ``concurrent.futures`` executor whose calls go to ``targets`` (default: this
+        client's ``targets``) in turn; see :mod:`ipkernel.client.executors`."""
+        ids = check_targets(self.targets if targets is None else targets)
+        if ids is None:
+            ids = self.get_ids()
+        return MultiEngineExecutor(self._bridge, self._async, ids)

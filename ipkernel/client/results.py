@@ -12,9 +12,11 @@ Nothing here touches Twisted or the wire format of user data: decoding is passed
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
+from ipkernel.client.awaiting import awaitable
+from ipkernel.client.progress import wait_for
 from ipkernel.errors import CompositeError, IPKernelError, error_from_wire, format_error_line
 
 __all__ = ["PendingResult", "ResultList", "outcomes_to_results"]
@@ -229,16 +231,18 @@ class PendingResult:
         """True once the result (or failure) has arrived."""
         return self._future.done()
 
-    def get_result(self, default: Any = None, block: bool = True) -> Any:
+    def get_result(self, default: Any = None, block: bool = True, progress: bool = True) -> Any:
         """The call's result, waiting for it if ``block`` is true.
 
         :param default: returned when ``block`` is false and the result has not arrived.
         :param block: wait until the result arrives (the default).
+        :param progress: a wait that lasts may show a bar (:mod:`ipkernel.client.progress`).
         :raises: the call's exception, for example ``CompositeError``, every time it is
             fetched; ``concurrent.futures.CancelledError`` if the call was cancelled.
         """
         if not block and not self._future.done():
             return default
+        wait_for(self._future, "result", progress)
         return self._future.result()
 
     @property
@@ -256,3 +260,8 @@ class PendingResult:
 
     def __repr__(self) -> str:
         return f"<PendingResult {'ready' if self._future.done() else 'pending'}>"
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await pr`` in a running asyncio loop: the result, or the call's exception,
+        without blocking the loop (see :mod:`ipkernel.client.awaiting`)."""
+        return awaitable(self._future).__await__()

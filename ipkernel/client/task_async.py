@@ -229,6 +229,7 @@ class AsyncTaskClient(ControllerConnection):
         seq: Iterable[Any],
         chunksize: int | None = None,
         retries: int = 1,
+        watch: Callable[[list[int]], None] | None = None,
     ):
         """``[func(x) for x in seq]``, load balanced: one task per chunk of ``seq``.
 
@@ -236,7 +237,8 @@ class AsyncTaskClient(ControllerConnection):
         gives each engine about :data:`~ipkernel.client.task_map.CHUNKS_PER_ENGINE`
         chunks. ``retries`` is each chunk's (an exception in ``func`` is not retried: it
         is that item's failure). With no engine registered the chunks wait for one, as
-        every task does: this never fails with ``NoEnginesRegistered``.
+        every task does: this never fails with ``NoEnginesRegistered``. ``watch``, if
+        given, is called with the chunks' task ids once they are sent.
 
         Fails with :class:`~ipkernel.errors.CompositeError` if any item failed: one
         ``(item index, 'map', exception)`` entry per failed item in ``elist``, and
@@ -253,14 +255,15 @@ class AsyncTaskClient(ControllerConnection):
             return []
         engines = 0
         if chunksize is None:
-            engines = yield self._call("engine_count")
-            self.last_engine_count = engines
+            engines = yield self.engine_count()
         parts = split(items, chunk_count(n, chunksize, engines))
         taskids = []
         for part in parts:
             taskid = yield self.next_id()
             self.send(taskid, task_to_wire(MapTask(map_chunk, (func, part), retries=retries)))
             taskids.append(taskid)
+        if watch is not None:
+            watch(taskids)
         try:
             results = yield self.get_task_results(taskids, block=True)
         except CancelledError:
@@ -268,3 +271,11 @@ class AsyncTaskClient(ControllerConnection):
                 self._call("abort", taskid).addErrback(lambda f: None)
             raise
         return join_map(results, [len(part) for part in parts])
+
+    def engine_count(self) -> Deferred:
+        """Fires with how many engines take tasks now."""
+        return self._call("engine_count").addCallback(self._saw_engines)
+
+    def _saw_engines(self, count: int) -> int:
+        self.last_engine_count = count
+        return count

@@ -8,30 +8,34 @@
     tc.barrier(tids)
     tc.get_task_result(tids[73])              # TaskResult[ID:73]:{'a': 73}
 
-Every method but :meth:`TaskClient.run` forwards to the
-:class:`~ipkernel.client.task_async.AsyncTaskClient` through
+Most methods forward to the :class:`~ipkernel.client.task_async.AsyncTaskClient` through
 :mod:`ipkernel.client.blocking`. ``run`` returns the new task's id at once: it takes an id
 the client reserved ahead and queues the task, with no round trip to the controller and
-none to the reactor thread.
+none to the reactor thread. The waits (``map``, ``barrier``, ``get_task_result(s)``) show
+a progress bar counting their tasks when they last (:mod:`ipkernel.client.progress`);
+``executor()`` makes a ``concurrent.futures`` executor (:mod:`ipkernel.client.executors`).
 """
 
 from __future__ import annotations
 
 import atexit
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ipkernel import paths
 from ipkernel.client.blocking import forwarded, get_bridge
 from ipkernel.client.connection import describe
+from ipkernel.client.executors import TaskExecutor
 from ipkernel.client.key_files import find_key_file
 from ipkernel.client.mapper import parallel_decorator
+from ipkernel.client.progress import TaskCounter, call_with_progress
 from ipkernel.client.results import PendingResult
 from ipkernel.client.task_async import AsyncTaskClient
 from ipkernel.client.task_batches import carries_payloads
-from ipkernel.client.task_types import BaseTask, task_to_wire
+from ipkernel.client.task_ids import id_list
+from ipkernel.client.task_types import BaseTask, TaskResult, task_to_wire
 
 __all__ = ["AT_EXIT_TIMEOUT", "TaskClient", "TaskMapper"]
 
@@ -41,17 +45,7 @@ AT_EXIT_TIMEOUT = 10.0
 
 @forwarded(
     AsyncTaskClient,
-    blockable=("map",),
-    blocking=(
-        "get_task_result",
-        "get_task_results",
-        "barrier",
-        "abort",
-        "queue_status",
-        "spin",
-        "clear",
-        "sync",
-    ),
+    blocking=("abort", "queue_status", "spin", "clear", "sync", "engine_count"),
 )
 class TaskClient:
     """The Task client (blocking).
@@ -106,6 +100,94 @@ class TaskClient:
             taskid = self._bridge.call(self._async.next_id)
         self._async.send(taskid, wire)
         return taskid
+
+    def map(
+        self,
+        func: Callable[[Any], Any],
+        seq: Iterable[Any],
+        chunksize: int | None = None,
+        retries: int = 1,
+        block: bool | None = None,
+        progress: bool = True,
+    ) -> Any:
+        """``[func(x) for x in seq]``, load balanced over the engines (see
+        :meth:`AsyncTaskClient.map <ipkernel.client.task_async.AsyncTaskClient.map>`).
+
+        ``block`` defaults to the client's ``block``; with ``block=False`` return a
+        :class:`~ipkernel.client.results.PendingResult`. A blocking map that lasts shows a
+        bar counting its tasks unless ``progress`` is false.
+        """
+        if self.block if block is None else block:
+            return call_with_progress(
+                self._bridge,
+                self._async.map,
+                (func, seq, chunksize, retries),
+                label="map",
+                show=progress,
+                counter=self._task_counter,
+                watch="watch",
+            )
+        return self._pending_call(self._async.map, func, seq, chunksize, retries)
+
+    def get_task_result(
+        self, taskid: int, block: bool = False, progress: bool = True
+    ) -> TaskResult | None:
+        """The :class:`~ipkernel.client.task_types.TaskResult` of ``taskid``, or ``None``
+        if it is not finished and ``block`` is false; ``IndexError`` for an unknown id. A
+        blocking wait that lasts shows a bar unless ``progress`` is false."""
+        return call_with_progress(
+            self._bridge,
+            self._async.get_task_result,
+            (taskid, block),
+            label="get_task_result",
+            show=progress and block,
+        )
+
+    def get_task_results(
+        self, taskids: Sequence[int], block: bool = False, progress: bool = True
+    ) -> list[TaskResult | None]:
+        """Like :meth:`get_task_result` for several ids, in few round trips: a list. A
+        blocking wait that lasts shows a bar counting the tasks."""
+        return call_with_progress(
+            self._bridge,
+            self._async.get_task_results,
+            (taskids, block),
+            label="get_task_results",
+            show=progress and block,
+            counter=lambda: self._task_counter(taskids),
+        )
+
+    def barrier(self, taskids: int | Sequence[int], progress: bool = True) -> None:
+        """Block until every task named is finished (failed ones included); a wait that
+        lasts shows a bar counting them unless ``progress`` is false."""
+        call_with_progress(
+            self._bridge,
+            self._async.barrier,
+            (taskids,),
+            label="barrier",
+            show=progress,
+            counter=lambda: self._task_counter(taskids),
+        )
+
+    def _task_counter(self, taskids: int | Sequence[int] | None = None) -> TaskCounter:
+        ids = None if taskids is None else id_list(taskids)
+        return TaskCounter(self._bridge.reactor, self._async.barrier, ids)
+
+    def result(self, taskid: int) -> PendingResult:
+        """A :class:`~ipkernel.client.results.PendingResult` of the task's
+        :class:`~ipkernel.client.task_types.TaskResult`: ``get_result()`` waits for it,
+        ``await tc.result(tid)`` awaits it in asyncio."""
+        return self._pending_call(self._async.get_task_result, taskid, True)
+
+    def _pending_call(self, fn: Callable[..., Any], *args: Any) -> PendingResult:
+        pending = PendingResult(self._bridge.submit(fn, *args), self)
+        self._pending.add(pending)
+        return pending
+
+    def executor(self, retries: int = 0) -> TaskExecutor:
+        """A ``concurrent.futures`` executor whose calls are tasks with ``retries``; see
+        :mod:`ipkernel.client.executors`."""
+        return TaskExecutor(self._bridge, self._async, retries)
 
     def mapper(
         self, chunksize: int | None = None, retries: int = 1, block: bool | None = None
