@@ -132,8 +132,8 @@ RULES = {
         forbidden=("ipkernel.serialization", "ipkernel.client", *PICKLE),
     ),
     "client": Rule(
-        "client/ never imports controller/ or adapters/",
-        in_package("ipkernel.client"),
+        "client/ (and the joblib backend over it) never imports controller/ or adapters/",
+        in_package("ipkernel.client", "ipkernel.joblib"),
         forbidden=("ipkernel.controller", "ipkernel.adapters"),
     ),
     "reactor": Rule(
