@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from ipkernel import paths, tap
 from ipkernel.cli.command_options import CommandOptions
+from ipkernel.cli.ipcluster.restarts import RESTART_LIMIT, RESTART_PERIOD
 from ipkernel.cli.launchers import LAUNCHERS
 
 __all__ = ["CONTROLLER_MODULE", "StartOptions", "StopOptions", "controller_argv", "engine_args"]
@@ -92,6 +93,13 @@ class StartOptions(CommandOptions, tap.Options):
         ],
     ]
     optFlags = [
+        [
+            "no-restart",
+            None,
+            "Do not replace local engines that die; by default one that crashes or is "
+            "killed by a signal is replaced by a new engine (with a new id), at most "
+            f"{RESTART_LIMIT} times in {RESTART_PERIOD:g} s per engine.",
+        ],
         [
             "exec-engines",
             None,
