@@ -25,6 +25,7 @@ from ipkernel.controller.service import ControllerService
 from ipkernel.security import ControllerKeys, previous_ports
 from ipkernel.wire.broker import ServerFactory
 from ipkernel.wire.buffers import tune_allocator
+from ipkernel.wire.keepalive import DEFAULT_PEER_TIMEOUT
 from ipkernel.wire.tls import listen_tls, server_context
 
 
@@ -33,6 +34,16 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError(f"{value} is not a TCP port")
     return port
+
+
+def _engine_timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 1 <= seconds < 1e6:
+        raise ValueError(f"--engine-timeout must be a number of seconds from 1, not {value!r}")
+    return seconds
 
 
 class Options(usage.Options):
@@ -63,6 +74,15 @@ class Options(usage.Options):
         ["log-dir", None, None, "Where the log goes (default: $IPKERNEL_DIR/log)."],
         ["db", None, None, "SQLite file that keeps task records (default: in memory)."],
         [
+            "engine-timeout",
+            None,
+            DEFAULT_PEER_TIMEOUT,
+            "Seconds after which an engine whose host sends nothing, not even a TCP "
+            "acknowledgement, is declared dead (its host or network gone; an engine busy "
+            "computing still answers). An engine process that dies is noticed at once.",
+            _engine_timeout,
+        ],
+        [
             "location",
             None,
             None,
@@ -86,6 +106,7 @@ class Options(usage.Options):
         "security-dir": "DIR",
         "log-dir": "DIR",
         "db": "FILE",
+        "engine-timeout": "SECONDS",
         "location": "HOST",
     }
 
@@ -138,7 +159,14 @@ class ControllerListeners(Service):
         engine_port = opts["engine-port"] or old_engine_port or 0
         client_port = opts["client-port"] or old_client_port or 0
         self.ports = [
-            listen_tls(reactor, engine_port, ServerFactory(engine_root), tls, interface=ip),
+            listen_tls(
+                reactor,
+                engine_port,
+                ServerFactory(engine_root),
+                tls,
+                interface=ip,
+                peer_timeout=opts["engine-timeout"],
+            ),
             listen_tls(reactor, client_port, ServerFactory(client_root), tls, interface=ip),
         ]
         location = opts["location"] or (socket.gethostname() if ip in ("0.0.0.0", "::") else ip)

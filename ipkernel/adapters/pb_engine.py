@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
@@ -29,6 +30,7 @@ from ipkernel.errors import TransferError
 from ipkernel.interfaces.engine import IEngine
 from ipkernel.wire import kept
 from ipkernel.wire.errors import WireError
+from ipkernel.wire.keepalive import PeerSilent
 from ipkernel.wire.shared import SharedPayload
 
 _STATUSES = frozenset({"ok", "raised", "error", "tasks"})
@@ -36,7 +38,15 @@ _STATUSES = frozenset({"ok", "raised", "error", "tasks"})
 
 @implementer(IEngine)
 class RemoteEngine:
-    """An engine process reached through a PB remote reference."""
+    """An engine process reached through a PB remote reference.
+
+    It is gone when its connection drops: at once if the engine process ends, after the
+    engine port's ``--engine-timeout`` if its host stops answering (the connection then
+    ends with :class:`~ipkernel.wire.keepalive.PeerSilent`, and the command in flight
+    fails with an ``EngineError`` saying so).
+    """
+
+    log = Logger()
 
     def __init__(self, ref: pb.RemoteReference, info: dict) -> None:
         self.id: int | None = None
@@ -60,7 +70,10 @@ class RemoteEngine:
                 d = self._ref.callRemote("call", command, args)
             else:
                 d = self._ref.callRemote("call", command, args, options)
-        except Exception as exc:  # banana refuses to encode, connection already lost
+        except pb.DeadReferenceError:
+            # The connection is lost, and the registry will hear of it next.
+            return succeed(self._failed(Failure(), command))
+        except Exception as exc:  # banana refuses to encode
             return succeed(error_outcome("EngineError", f"engine {self.id}: {exc}"))
         return d.addCallbacks(self._checked, self._failed, errbackArgs=(command,))
 
@@ -131,17 +144,35 @@ class RemoteEngine:
 
     def _failed(self, failure: Failure, command: str) -> tuple:
         if failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
+            when = "before" if failure.check(pb.DeadReferenceError) else "while"
+            silent = self._silence()
+            if silent is not None:
+                return error_outcome(
+                    "EngineError",
+                    f"engine {self.id} stopped answering {when} running {command} and was "
+                    f"declared dead: {silent}",
+                )
             return error_outcome(
-                "EngineError", f"engine {self.id} died or disconnected while running {command}"
+                "EngineError", f"engine {self.id} died or disconnected {when} running {command}"
             )
         return error_outcome(
             "EngineError", f"engine {self.id} failed to run {command}: {failure.getErrorMessage()}"
         )
 
+    def _silence(self) -> PeerSilent | None:
+        """What the engine's host was silent for, if that is why its connection ended."""
+        reason = getattr(self._ref.broker, "lost_reason", None)
+        if isinstance(reason, Failure) and isinstance(reason.value, PeerSilent):
+            return reason.value
+        return None
+
     def _lost(self, ref: object) -> None:
         if self._gone:
             return
         self._gone = True
+        silent = self._silence()
+        if silent is not None:
+            self.log.warn("engine {id} declared dead: {why}", id=self.id, why=str(silent))
         for listener in self._listeners:
             listener(self)
 

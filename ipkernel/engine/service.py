@@ -26,12 +26,17 @@ from ipkernel.errors import KeyFileNotFound, TransferError
 from ipkernel.interfaces.engine import QUEUED_COMMANDS
 from ipkernel.security import read_key_file
 from ipkernel.wire.connect import login
+from ipkernel.wire.keepalive import DEFAULT_PEER_TIMEOUT
 from ipkernel.wire.outgoing import OutgoingPayload
 from ipkernel.wire.transfer import find_payloads, when_received
 
 
 class EngineReference(pb.Referenceable):
     """What the controller calls: ``call(command, args, options=None)`` → outcome.
+
+    Registration: the controller may send the first commands (a task, at once) before
+    its answer to ``register``, which carries the engine's id; they run once
+    :meth:`registered` has been called, so that ``id`` is bound in the namespace first.
 
     Large payloads: a command whose arguments are still streaming in runs once they have
     all arrived (or fails with ``TransferError``, running nothing, if one is aborted). A
@@ -42,6 +47,14 @@ class EngineReference(pb.Referenceable):
     def __init__(self, core: EngineCore) -> None:
         self._core = core
         self._leaving: list[OutgoingPayload] = []
+        # Commands received before the answer to register: None once it is in.
+        self._early: list[Deferred] | None = []
+
+    def registered(self) -> None:
+        """The engine's id is known (and set on the core): run the commands held."""
+        early, self._early = self._early, None
+        for d in early or ():
+            d.callback(None)
 
     def remote_call(self, command: object, args: object, options: object = None) -> Deferred:
         if not isinstance(command, str) or not isinstance(args, (list, tuple)):
@@ -49,6 +62,9 @@ class EngineReference(pb.Referenceable):
         args = list(args)
         opts = options if isinstance(options, dict) else None
         waits = []
+        if self._early is not None:
+            self._early.append(Deferred())
+            waits.append(self._early[-1])
         incoming = find_payloads(args)
         if incoming:
             waits.append(when_received(incoming))
@@ -90,7 +106,9 @@ class EngineService(Service):
 
     ``initial_delay``/``max_delay`` bound the back-off (seconds) between attempts.
     :attr:`engine_id` and :attr:`registrar` are set at each (re-)registration; the
-    registrar is None while the controller is away.
+    registrar is None while the controller is away. A controller whose host sends
+    nothing for ``peer_timeout`` seconds counts as gone (see
+    :mod:`ipkernel.wire.keepalive`): the engine reconnects.
     """
 
     log = Logger()
@@ -104,6 +122,7 @@ class EngineService(Service):
         requested_id: int | None = None,
         initial_delay: float = 0.02,
         max_delay: float = 2.0,
+        peer_timeout: float = DEFAULT_PEER_TIMEOUT,
     ) -> None:
         self.core = core
         self.furl_file = Path(furl_file)
@@ -111,6 +130,7 @@ class EngineService(Service):
         self.requested_id = requested_id
         self.initial_delay = initial_delay
         self.max_delay = max_delay
+        self.peer_timeout = peer_timeout
         self.engine_id: int | None = None
         self.registrar: pb.RemoteReference | None = None
         self._delay = initial_delay
@@ -148,18 +168,20 @@ class EngineService(Service):
         except (KeyFileNotFound, ValueError) as exc:
             self._retry(str(exc))
             return
-        d = login(self.reactor, keyfile, source=str(self.furl_file))
+        d = login(self.reactor, keyfile, source=str(self.furl_file), peer_timeout=self.peer_timeout)
         d.addCallback(self._register)
         d.addErrback(lambda f: self._retry(f.getErrorMessage()))
 
     def _register(self, registrar: pb.RemoteReference) -> Deferred:
         ask = self.engine_id if self.engine_id is not None else self.requested_id
-        d = registrar.callRemote("register", EngineReference(self.core), ask, self.core.info)
+        reference = EngineReference(self.core)
+        d = registrar.callRemote("register", reference, ask, self.core.info)
 
         def registered(engine_id: int) -> None:
             self.registrar = registrar
             self.engine_id = engine_id
             self.core.id = engine_id
+            reference.registered()
             self._delay = self.initial_delay
             self._last_complaint = None
             registrar.notifyOnDisconnect(self._lost)

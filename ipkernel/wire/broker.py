@@ -59,6 +59,9 @@ class Broker(BananaCodec, pb.Broker):
         super().__init__(isClient, security)
         #: True once the peer has logged in (see raise_limits); streams need it.
         self.authenticated = False
+        #: Why the connection ended, once it has (a Failure; its value is a
+        #: :class:`~ipkernel.wire.keepalive.PeerSilent` when the peer's host went silent).
+        self.lost_reason: Failure | None = None
         #: This connection's large-payload streams.
         self.streams = StreamTable(
             self._send_expression, self.send_stream_data, relay=not isClient, odd=isClient
@@ -91,6 +94,7 @@ class Broker(BananaCodec, pb.Broker):
 
     def connectionLost(self, reason: Failure) -> None:
         """Free any unfinished message, abort this connection's streams, tear down as stock."""
+        self.lost_reason = reason
         self._forget_partial()
         self.streams.connection_lost(f"the connection was lost ({reason.getErrorMessage()})")
         super().connectionLost(reason)

@@ -24,7 +24,8 @@ Per-connection limits
     decode and on encode, and ``self.pending_limit`` bounds what an unfinished message
     holds (see :data:`PENDING_ITEM_COST`). Both start small (:data:`PRE_AUTH_SIZE_LIMIT`,
     :data:`PRE_AUTH_PENDING_LIMIT`); the broker lifts them (to :data:`POST_AUTH_SIZE_LIMIT`,
-    :data:`POST_AUTH_PENDING_LIMIT`) once the login gate has checked the peer's secret.
+    :data:`POST_AUTH_PENDING_LIMIT`: no bound) once the login gate has checked the peer's
+    secret.
     ``banana.SIZE_LIMIT`` is never changed.
 
 Violations
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 from collections.abc import Callable
 
 from twisted.logger import Logger
@@ -65,8 +67,12 @@ PRE_AUTH_SIZE_LIMIT = 64 * 1024
 #: message may hold before login. Login needs a few hundred bytes.
 PRE_AUTH_PENDING_LIMIT = 1024 * 1024
 
-#: Largest string or list after login: room for a data chunk and its framing.
-POST_AUTH_SIZE_LIMIT = 4 * 1024 * 1024
+#: No bound on a string or a list after login, for the reason below: code, arguments and
+#: results of any size that fits in memory must work (SPEC §9), and a size limit of the
+#: wire must never reach a user as an error. Large data still travels beside the messages
+#: (streams, shared memory); what remains inline is the rare long code string or list of
+#: names. The decoder allocates nothing for an announced string before its bytes arrive.
+POST_AUTH_SIZE_LIMIT = sys.maxsize
 
 #: No bound on an unfinished message after login: the peer has proved it holds the
 #: secret, which already lets it run code on the engines, and one message may carry a
@@ -414,4 +420,3 @@ class BananaCodec(banana.Banana):
             raise BananaError(
                 f"Banana cannot send {fullyQualifiedName(type(obj))} objects: {obj!r}"
             )
-

@@ -21,17 +21,30 @@ from ipkernel.wire.tls import connect_tls
 
 
 def login(
-    reactor, keyfile: KeyFile, *, source: str = "the key file", timeout: float = 10.0
+    reactor,
+    keyfile: KeyFile,
+    *,
+    source: str = "the key file",
+    timeout: float = 10.0,
+    peer_timeout: float | None = None,
 ) -> Deferred:
     """Connect to ``keyfile``'s controller and log in with its secret.
 
     Fires with the avatar; ``avatar.broker`` is the connection. ``source`` names the key
-    file in error messages.
+    file in error messages. With ``peer_timeout`` (seconds) the connection is dropped once
+    the controller's host has sent nothing for that long (see
+    :mod:`ipkernel.wire.keepalive`).
     """
     factory = ClientFactory()
     where = f"{keyfile.host}:{keyfile.port}"
     tls = connect_tls(
-        reactor, keyfile.host, keyfile.port, factory, keyfile.fingerprint, timeout=timeout
+        reactor,
+        keyfile.host,
+        keyfile.port,
+        factory,
+        keyfile.fingerprint,
+        timeout=timeout,
+        peer_timeout=peer_timeout,
     )
 
     def logged_in(avatar: pb.RemoteReference) -> pb.RemoteReference:

@@ -120,7 +120,7 @@ class _Server(TLSTransport, tcp.Server):
         super().__init__(sock, _Waiting(), client, server, sessionno, reactor)
         # The port built a placeholder around the factory's protocol (_DeferConnection).
         self._pending_protocol = getattr(protocol, "protocol", protocol)
-        self._start_tls(server.context, server_side=True)
+        self._start_tls(server.context, server_side=True, peer_timeout=server.peer_timeout)
 
     def _handshake_done(self) -> Any:
         return self._pending_protocol
@@ -130,10 +130,17 @@ class _Port(tcp.Port):
     transport = _Server
 
     def __init__(
-        self, port: int, factory: Any, context: ssl.SSLContext, interface: str, reactor: Any
+        self,
+        port: int,
+        factory: Any,
+        context: ssl.SSLContext,
+        interface: str,
+        reactor: Any,
+        peer_timeout: float | None,
     ) -> None:
         super().__init__(port, _DeferConnection(factory), 50, interface, reactor)
         self.context = context
+        self.peer_timeout = peer_timeout
 
 
 class _DeferConnection:
@@ -171,7 +178,7 @@ class _Client(TLSTransport, tcp.Client):
         connector = self.connector
         connector.cancelTimeout()
         self._handshake_timer = self.reactor.callLater(connector.timeout, self._handshake_timed_out)
-        self._start_tls(connector.context, server_side=False)
+        self._start_tls(connector.context, server_side=False, peer_timeout=connector.peer_timeout)
         self.startReading()
         result = self._handshake()
         if result is not None:
@@ -211,20 +218,32 @@ class _Connector(tcp.Connector):
         reactor: Any,
         context: ssl.SSLContext,
         pin: ClientPin,
+        peer_timeout: float | None,
     ) -> None:
         super().__init__(host, port, factory, timeout, None, reactor)
         self.context = context
         self.pin = pin
+        self.peer_timeout = peer_timeout
 
     def _makeTransport(self) -> _Client:  # noqa: N802 - Twisted's name
         return _Client(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
 def listen_tls(
-    reactor: Any, port: int, factory: Any, context: ssl.SSLContext, interface: str = ""
+    reactor: Any,
+    port: int,
+    factory: Any,
+    context: ssl.SSLContext,
+    interface: str = "",
+    peer_timeout: float | None = None,
 ) -> Any:
-    """Listen on ``port`` with TLS (``context``: see :func:`server_context`)."""
-    listening = _Port(port, factory, context, interface, reactor)
+    """Listen on ``port`` with TLS (``context``: see :func:`server_context`).
+
+    With ``peer_timeout`` (seconds), each connection is dropped once the peer's host has
+    sent nothing for that long (see :mod:`ipkernel.wire.keepalive`); it then ends with
+    :class:`~ipkernel.wire.keepalive.PeerSilent`.
+    """
+    listening = _Port(port, factory, context, interface, reactor, peer_timeout)
     listening.startListening()
     return listening
 
@@ -236,12 +255,17 @@ def connect_tls(
     factory: Any,
     fingerprint: str,
     timeout: float = 30,
+    peer_timeout: float | None = None,
 ) -> ClientPin:
     """Dial ``host:port`` with TLS, accepting only the certificate ``fingerprint`` names.
 
     Returns the :class:`ClientPin`, which says after a failure whether the server showed
     another certificate. ``ValueError`` if ``fingerprint`` is not 64 hex digits.
+    ``peer_timeout``: as for :func:`listen_tls`.
     """
     pin = ClientPin(fingerprint)
-    _Connector(host, port, factory, timeout, reactor, client_context(), pin).connect()
+    connector = _Connector(
+        host, port, factory, timeout, reactor, client_context(), pin, peer_timeout
+    )
+    connector.connect()
     return pin

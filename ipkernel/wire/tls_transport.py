@@ -29,6 +29,10 @@ from typing import Any
 
 from twisted.internet import main
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ipkernel.wire import fork_safety
+from ipkernel.wire.keepalive import PeerSilent, watch_peer, went_silent
 
 __all__ = ["TLSTransport"]
 
@@ -65,7 +69,16 @@ class TLSTransport:
     disconnecting: int
     disconnected: int
 
-    def _start_tls(self, context: ssl.SSLContext, server_side: bool) -> None:
+    #: Seconds of silence after which the kernel drops the connection (see
+    #: :mod:`ipkernel.wire.keepalive`), or None if nothing watches the peer.
+    peer_timeout: float | None = None
+
+    def _start_tls(
+        self, context: ssl.SSLContext, server_side: bool, peer_timeout: float | None = None
+    ) -> None:
+        # Before the handshake: a peer that vanishes during it is dropped too.
+        if peer_timeout is not None and watch_peer(self.socket, peer_timeout):
+            self.peer_timeout = peer_timeout
         # wrap_socket takes over the file descriptor: the same number, so the reactor's
         # registrations (made after this) are unaffected.
         self.socket = context.wrap_socket(
@@ -73,6 +86,7 @@ class TLSTransport:
         )
         self.socket.setblocking(False)
         self.fileno = self.socket.fileno
+        fork_safety.register(self.socket)
         self._handshaken = False
         self._queue: collections.deque[memoryview] = collections.deque()
         self._queued = 0
@@ -112,6 +126,25 @@ class TLSTransport:
     def _handshake_done(self) -> Any:
         """The protocol to connect now, or None to drop the connection."""
         raise NotImplementedError
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        """Close as TCP does; a watched peer dropped by the kernel for its silence is
+        reported as :class:`~ipkernel.wire.keepalive.PeerSilent`.
+
+        However the end was seen (an error or an end of file from OpenSSL, which keeps
+        no errno, or the reactor's hang-up), the kernel still knows, until the socket is
+        closed, that it gave up on the peer.
+        """
+        sock = getattr(self, "socket", None)
+        timeout = self.peer_timeout
+        if (
+            sock is not None
+            and timeout is not None
+            and not reason.check(PeerSilent)
+            and went_silent(sock, timeout)
+        ):
+            reason = Failure(PeerSilent(timeout))
+        super().connectionLost(reason)  # type: ignore[misc]
 
     # Reading
 

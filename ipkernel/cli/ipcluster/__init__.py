@@ -15,7 +15,10 @@ until Ctrl-C, SIGTERM or ``ipcluster stop``. It then stops every process it star
 (SIGTERM, then SIGKILL after a few seconds), waits for each, and exits 0. It exits non-zero,
 with a message and the end of the failing process's output, when the controller or an
 engine ends or does not come up within ``--timeout`` seconds; a controller that stops
-later (for example ``mec.kill(controller=True)``) ends the cluster too.
+later (for example ``mec.kill(controller=True)``) ends the cluster too. A local engine
+that dies while the cluster runs (a crash, a signal; not ``mec.kill()``) is replaced by
+a new one, at most 3 times a minute per engine (:mod:`~ipkernel.cli.ipcluster.restarts`),
+unless ``--no-restart``.
 
 Children's output does not reach the terminal: it is appended, line by line and tagged with
 the child's role and PID, to ``<log-dir>/ipcluster-<pid>.log`` (the children also keep
@@ -40,6 +43,7 @@ Modules: :mod:`~ipkernel.cli.ipcluster.command` (the command and its reactor),
 command lines), :mod:`~ipkernel.cli.ipcluster.cluster` (one running cluster, and
 :class:`ClusterError`),
 :mod:`~ipkernel.cli.ipcluster.registration` (waiting for the engines),
+:mod:`~ipkernel.cli.ipcluster.restarts` (which dead engines are replaced),
 :mod:`~ipkernel.cli.ipcluster.output` (what it prints and logs),
 :mod:`~ipkernel.cli.ipcluster.stop` and :mod:`~ipkernel.cli.ipcluster.pidfile`
 (``ipcluster stop`` and the pid file).

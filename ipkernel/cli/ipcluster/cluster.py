@@ -24,6 +24,7 @@ from ipkernel.cli import processes
 from ipkernel.cli.ipcluster.options import controller_argv, engine_args
 from ipkernel.cli.ipcluster.pidfile import ClusterRecord, write_pid_file
 from ipkernel.cli.ipcluster.registration import RegistrationTimeout, wait_for_engines
+from ipkernel.cli.ipcluster.restarts import RestartPolicy, died
 from ipkernel.cli.launchers import (
     EngineCommand,
     Launcher,
@@ -72,6 +73,10 @@ class ClusterSupervisor:
     announce)`` when something ends the cluster: :meth:`request_stop` (exit code 0, nothing
     to announce) or the controller exiting (announced; exit code 0 if it stopped cleanly).
     :meth:`stop` stops every process started and fires once they are all gone.
+
+    While the cluster runs, a local engine that dies (a crash, a signal) is replaced by a
+    new one, as :class:`~ipkernel.cli.ipcluster.restarts.RestartPolicy` allows, unless
+    ``--no-restart``; each decision is written to the log.
     """
 
     def __init__(
@@ -105,6 +110,10 @@ class ClusterSupervisor:
         self._startup: Any = None
         self._stopping: Any = None
         self._state = "new"
+        self.restarts = RestartPolicy(reactor)
+        # Each engine process's slot: the place of one of the engines asked for, which a
+        # replacement takes over.
+        self._slots: dict[processes.ProcessHandle, int] = {}
 
     def note(self, message: str) -> None:
         """Write a line of ipcluster's own to the cluster log."""
@@ -185,6 +194,8 @@ class ClusterSupervisor:
     def _engine_added(self, handle: processes.ProcessHandle) -> None:
         if isinstance(handle, processes.ForkedEngine):
             self.note(f"forked engine process {handle.pid}")
+        if handle.role == "engine":
+            self._slots.setdefault(handle, len(self._slots))
         self._save_record()
         handle.when_ended().addCallback(lambda status: self._engine_ended(handle, status))
 
@@ -235,12 +246,53 @@ class ClusterSupervisor:
         if self._state == "starting":
             self._fail_startup_with(self._child_failure(child, status))
         elif self._state == "running":
+            if child.role == "forkengines" and status.clean:
+                # It ends once the engines it forked have: nothing new to report.
+                self.note(f"forkengines process {child.pid} {status.describe()}")
+                return
             print(
                 f"ipcluster: {child.role} process {child.pid} {status.describe()}; "
                 f"its output is in {self.log_path}",
                 file=self.err,
                 flush=True,
             )
+            if child.role == "engine":
+                self._replace(child, status)
+
+    def _replace(self, child: processes.ProcessHandle, status: processes.ExitStatus) -> None:
+        """Start an engine in the place of ``child``, which ended with ``status``, if it
+        died and the policy allows; say what was decided in the log."""
+        what = f"engine process {child.pid} {status.describe()}"
+        slot = self._slots.get(child)
+        if slot is None or self.launcher is None or not self.launcher.replaces_engines:
+            return
+        if not died(status):
+            self.note(f"{what}: stopped on purpose, not replaced")
+            return
+        if self.options["no-restart"]:
+            self.note(f"{what}; not replaced (--no-restart)")
+            return
+        policy = self.restarts
+        if not policy.allow(slot):
+            self.note(
+                f"{what}; not replaced: engine slot {slot} was already replaced "
+                f"{policy.limit} times in the last {policy.period:g} s"
+            )
+            return
+        try:
+            new = self.launcher.replace_engine()
+        except OSError as exc:
+            self.note(f"{what}; cannot start a replacement: {exc}")
+            return
+        self._slots[new] = slot
+        self.note(
+            f"{what}; replaced by engine process {new.pid} (engine slot {slot}, "
+            f"replacement {policy.recent(slot)} of at most {policy.limit} in "
+            f"{policy.period:g} s)"
+        )
+        print(
+            f"ipcluster: started engine process {new.pid} in its place", file=self.err, flush=True
+        )
 
     def _fail_startup_with(self, error: ClusterError) -> None:
         self._fail_startup(Failure(error))

@@ -16,6 +16,7 @@ from twisted.python import usage
 from ipkernel import paths, tap
 from ipkernel.cli import lifeline
 from ipkernel.cli.command_options import CommandOptions
+from ipkernel.cli.ipcluster.restarts import RESTART_LIMIT, RESTART_PERIOD
 from ipkernel.cli.launchers import LAUNCHERS
 
 __all__ = ["CONTROLLER_MODULE", "StartOptions", "StopOptions", "controller_argv", "engine_args"]
@@ -94,6 +95,13 @@ class StartOptions(CommandOptions, tap.Options):
         ["lifeline-fd", None, None, lifeline.HELP, lifeline.open_fd],
     ]
     optFlags = [
+        [
+            "no-restart",
+            None,
+            "Do not replace local engines that die; by default one that crashes or is "
+            "killed by a signal is replaced by a new engine (with a new id), at most "
+            f"{RESTART_LIMIT} times in {RESTART_PERIOD:g} s per engine.",
+        ],
         [
             "exec-engines",
             None,

@@ -117,6 +117,8 @@ class Launcher:
     required_options: ClassVar[tuple[str, ...]] = ()
     #: Whether engines run on other hosts (which cannot reach a controller on loopback).
     remote: ClassVar[bool] = False
+    #: Whether :meth:`replace_engine` can start an engine in place of one that died.
+    replaces_engines: ClassVar[bool] = False
 
     def __init__(self, runner: ProcessRunner, command: EngineCommand) -> None:
         self.runner = runner
@@ -158,6 +160,13 @@ class Launcher:
         be launched.
         """
         raise NotImplementedError
+
+    def replace_engine(self) -> ProcessHandle:
+        """Start one engine in place of one that died; return its handle (also added to
+        :attr:`processes`). Only launchers whose :attr:`replaces_engines` is true can;
+        raises ``OSError`` if the engine cannot be started.
+        """
+        raise LauncherError(f"--launcher {self.name} does not replace engines")
 
     def stop(self, grace: float = DEFAULT_GRACE) -> Deferred:
         """Stop everything started (see :func:`terminate`); fires when it has all ended."""

@@ -29,6 +29,7 @@ class LocalLauncher(Launcher):
 
     name = "local"
     summary = "this host"
+    replaces_engines = True
 
     def __init__(self, runner: ProcessRunner, command: EngineCommand, fork: bool = True) -> None:
         super().__init__(runner, command)
@@ -51,13 +52,23 @@ class LocalLauncher(Launcher):
     def start(self, n: int) -> Deferred:
         if not self.fork:
             for _ in range(n):
-                self._add(self.runner.spawn("engine", self.command.argv(), watch_parent=True))
+                self._start_engine()
             return defer.succeed(n)
         parent = self.runner.spawn("forkengines", self.fork_argv(n), watch_parent=True)
         # No output is read before the reactor runs again, so nothing is missed.
         parent.on_line = lambda line: self._fork_report(parent, line)
         self._add(parent)
         return defer.succeed(n)
+
+    def replace_engine(self) -> ChildProcess:
+        """A ``python -m ipkernel.cli.ipengine`` process (the forking process forks only
+        the engines asked for at start)."""
+        return self._start_engine()
+
+    def _start_engine(self) -> ChildProcess:
+        engine = self.runner.spawn("engine", self.command.argv(), watch_parent=True)
+        self._add(engine)
+        return engine
 
     def _fork_report(self, parent: ChildProcess, line: str) -> None:
         fields = line.split()
