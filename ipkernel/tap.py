@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -172,7 +173,7 @@ class ControllerListeners(Service):
             dir=str(security),
         )
 
-    def _start_web(self, security: Any, keys: ControllerKeys) -> None:
+    def _start_web(self, security: Path, keys: ControllerKeys) -> None:
         """Serve the status page and write its URL; or, with ``--no-web``, remove the URL
         an earlier run left."""
         opts = self.options
