@@ -4,17 +4,26 @@
   ``tc.get_task_result(tid, block=True)``;
 - ``tasks_per_s``: 10,000 no-op ``MapTask``s submitted in a loop, then ``barrier``:
   tasks over the whole time; ``submit_per_s``: the submission loop alone;
-- ``map_items_per_s``: ``tc.map`` of a no-op over ``range(10_000)``.
+- ``map_items_per_s``: ``tc.map`` of a no-op over ``range(10_000)``;
+- ``page_closed_tasks_per_s`` and ``page_open_tasks_per_s``: ``--page-tasks`` no-op
+  ``MapTask``s as for ``tasks_per_s``, with no status page open and with one open (a
+  reader subscribed to ``/api/events``, reading every event), runs alternating;
+  ``page_open_ratio`` is the median, over the pairs of runs next to each other, of open
+  over closed (target: at least 0.95); ``page_events`` the events the reader got per open
+  run; ``page_closed_controller_us_per_task`` and ``page_open_controller_us_per_task``:
+  the controller's CPU time (user + system, from ``/proc``) per task in those runs, which
+  other work on the machine skews less.
 
 The script starts ``ipcontroller`` and 2 ``ipengine`` processes in a temporary
 ``IPKERNEL_DIR`` and stops them (by PID) at the end. Options: ``--engines N``,
 ``--tasks N``, ``--round-trips N``, ``--repeat N`` (the median of that many runs of each
-throughput figure is reported).
+throughput figure is reported), ``--page-tasks N``.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -23,7 +32,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 
@@ -58,7 +69,97 @@ def stop_cluster(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def measure(engines: int, tasks: int, round_trips: int, repeat: int) -> dict:
+class PageReader:
+    """An open status page: a thread reading ``/api/events`` from the URL in ``url_file``."""
+
+    def __init__(self, url_file: Path) -> None:
+        url = urllib.parse.urlsplit(url_file.read_text().strip())
+        self._connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        self._connection.request("GET", "/api/events?" + url.query)
+        self._response = self._connection.getresponse()
+        if self._response.status != 200:
+            raise RuntimeError(f"/api/events answered {self._response.status}")
+        self.events = 0
+        self._first = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        if not self._first.wait(10):
+            raise RuntimeError("no status event within 10 s")
+
+    def _read(self) -> None:
+        try:
+            for line in self._response:
+                if line.startswith(b"data: "):
+                    self.events += 1
+                    self._first.set()
+        except (OSError, ValueError, http.client.HTTPException):
+            pass  # closed by close()
+
+    def close(self) -> int:
+        """Close the page; return how many events it read."""
+        sock = self._connection.sock
+        if sock is not None:
+            sock.shutdown(2)
+        self._thread.join(10)
+        self._connection.close()
+        return self.events
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def task_rate(tc, client, tasks: int, controller_pid: int) -> tuple[float, float]:
+    """``tasks`` no-op tasks: tasks per second, and the controller's CPU µs per task."""
+    cpu = cpu_seconds(controller_pid)
+    start = time.perf_counter()
+    tc.barrier([tc.run(client.MapTask(noop)) for _ in range(tasks)])
+    rate = tasks / (time.perf_counter() - start)
+    cpu = cpu_seconds(controller_pid) - cpu
+    tc.clear()
+    return rate, cpu / tasks * 1e6
+
+
+def measure_page(tc, client, tasks: int, repeat: int, url_file: Path, controller_pid: int) -> dict:
+    """Task throughput with the status page closed and open, runs alternating."""
+    closed, opened, events = [], [], []
+    for i in range(repeat):
+        for page in (False, True) if i % 2 == 0 else (True, False):
+            if not page:
+                closed.append(task_rate(tc, client, tasks, controller_pid))
+                continue
+            reader = PageReader(url_file)
+            try:
+                opened.append(task_rate(tc, client, tasks, controller_pid))
+            finally:
+                events.append(reader.close())
+    closed_rate = statistics.median(rate for rate, _ in closed)
+    open_rate = statistics.median(rate for rate, _ in opened)
+    return {
+        "page_tasks": tasks,
+        "page_closed_tasks_per_s": round(closed_rate),
+        "page_open_tasks_per_s": round(open_rate),
+        # Each pair ran back to back, under much the same load from elsewhere.
+        "page_open_ratio": round(
+            statistics.median(o / c for (o, _), (c, _) in zip(opened, closed, strict=True)), 3
+        ),
+        "page_events": round(statistics.median(events)),
+        "page_closed_controller_us_per_task": round(statistics.median(c for _, c in closed), 1),
+        "page_open_controller_us_per_task": round(statistics.median(c for _, c in opened), 1),
+    }
+
+
+def measure(
+    engines: int,
+    tasks: int,
+    round_trips: int,
+    repeat: int,
+    page_tasks: int,
+    url_file: Path,
+    controller_pid: int,
+) -> dict:
     from ipkernel import client
 
     mec = client.MultiEngineClient()
@@ -97,6 +198,7 @@ def measure(engines: int, tasks: int, round_trips: int, repeat: int) -> dict:
         assert result == [None] * 10_000
         tc.clear()
 
+    page = measure_page(tc, client, page_tasks, repeat, url_file, controller_pid)
     tc.close()
     mec.close()
     return {
@@ -107,6 +209,7 @@ def measure(engines: int, tasks: int, round_trips: int, repeat: int) -> dict:
         "tasks_per_s": round(statistics.median(task_rates)),
         "submit_per_s": round(statistics.median(submit_rates)),
         "map_items_per_s": round(statistics.median(map_rates)),
+        **page,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         # Other work on the machine skews every figure: say how busy it was.
@@ -120,12 +223,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--round-trips", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--page-tasks", type=int, default=30_000)
     args = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="ipkernel-bench-"))
     os.environ["IPKERNEL_DIR"] = str(directory)
     procs = start_cluster(directory, args.engines)
     try:
-        figures = measure(args.engines, args.tasks, args.round_trips, args.repeat)
+        url_file = directory / "security" / "ipcontroller-web.url"
+        figures = measure(
+            args.engines,
+            args.tasks,
+            args.round_trips,
+            args.repeat,
+            args.page_tasks,
+            url_file,
+            procs[0].pid,
+        )
     finally:
         stop_cluster(procs)
         shutil.rmtree(directory, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -21,6 +22,8 @@ from ipkernel.adapters.gate import GateRoot
 from ipkernel.adapters.pb_engine import EngineRegistrar
 from ipkernel.adapters.pb_multiengine import MultiEngineAdapter
 from ipkernel.adapters.pb_task import task_avatar_factory
+from ipkernel.adapters.web.access import remove_url_file, write_url_file
+from ipkernel.adapters.web.listener import StatusPage
 from ipkernel.controller.service import ControllerService
 from ipkernel.security import ControllerKeys, previous_ports
 from ipkernel.wire.broker import ServerFactory
@@ -89,6 +92,14 @@ class Options(usage.Options):
             "Host name or address written into key files (default: the listen address, "
             "or this host's name when listening on 0.0.0.0).",
         ],
+        [
+            "web-ip",
+            None,
+            "127.0.0.1",
+            "Address of the status page; HTTPS with the controller's certificate on any "
+            "address but a loopback one.",
+        ],
+        ["web-port", None, 0, "Port of the status page (default: a free one).", _port],
     ]
     optFlags = [
         [
@@ -97,6 +108,7 @@ class Options(usage.Options):
             "Keep the certificate, secrets and ports of an earlier run, so copied key "
             "files stay valid.",
         ],
+        ["no-web", None, "Serve no status page."],
     ]
     #: The name of each option's value in ``ipcontroller --help``.
     metavars = {
@@ -108,11 +120,17 @@ class Options(usage.Options):
         "db": "FILE",
         "engine-timeout": "SECONDS",
         "location": "HOST",
+        "web-ip": "ADDRESS",
+        "web-port": "PORT",
     }
 
 
 class ControllerListeners(Service):
-    """Listens on the engine and client ports and writes the key files once bound."""
+    """Listens on the engine and client ports and writes the key files once bound.
+
+    Unless ``--no-web``, it serves the status page too (:attr:`web`) and writes its URL
+    (``ipcontroller-web.url``) before the key files.
+    """
 
     log = Logger()
 
@@ -122,6 +140,7 @@ class ControllerListeners(Service):
         self._reactor = reactor
         self.ports: list = []
         self.keys: ControllerKeys | None = None
+        self.web: StatusPage | None = None
 
     @property
     def reactor(self) -> Any:
@@ -171,6 +190,7 @@ class ControllerListeners(Service):
         ]
         location = opts["location"] or (socket.gethostname() if ip in ("0.0.0.0", "::") else ip)
         bound_engine, bound_client = (p.getHost().port for p in self.ports)
+        self._start_web(security, keys)
         keys.write_key_files(location, bound_engine, bound_client)
         self.log.info(
             "controller listening on {ip}: engines on port {e}, clients on port {c}; "
@@ -181,12 +201,32 @@ class ControllerListeners(Service):
             dir=str(security),
         )
 
+    def _start_web(self, security: Path, keys: ControllerKeys) -> None:
+        """Serve the status page and write its URL; or, with ``--no-web``, remove the URL
+        an earlier run left."""
+        opts = self.options
+        if opts["no-web"]:
+            remove_url_file(security)
+            return
+        web_ip = opts["web-ip"]
+        host = (opts["location"] or socket.gethostname()) if web_ip in ("0.0.0.0", "::") else web_ip
+        self.web = StatusPage(self.controller, self.reactor)
+        url = self.web.listen(
+            self.reactor, web_ip, opts["web-port"], host=host, identity=keys.identity
+        )
+        write_url_file(security, url)
+        self.log.info("status page at {url}", url=url.split("?", 1)[0])
+
     def stopService(self):  # noqa: N802 - Twisted's name
         super().stopService()
         from twisted.internet.defer import gatherResults, maybeDeferred
 
         ports, self.ports = self.ports, []
-        return gatherResults([maybeDeferred(p.stopListening) for p in ports])
+        stops = [maybeDeferred(p.stopListening) for p in ports]
+        web, self.web = self.web, None
+        if web is not None:
+            stops.append(web.stop())
+        return gatherResults(stops)
 
 
 def log_to_file(log_dir: str | None, name: str) -> str:

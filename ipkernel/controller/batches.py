@@ -122,6 +122,15 @@ class Batches:
             unsent.extend(batch)
         return unsent, (batches[0] if batches else [])
 
+    def in_flight(self, limit: int) -> dict[int, tuple[list[int], int]]:
+        """For each engine with batches in flight: the first ``limit`` scheduler ids of
+        its oldest batch (the one it is running) and how many tasks it has in flight."""
+        return {
+            engine_id: (batches[0][:limit], sum(len(b) for b in batches))
+            for engine_id, batches in self._inflight.items()
+            if batches
+        }
+
     def resized(self) -> None:
         """The batch size changed: tell the scheduler which engines are busy now."""
         for engine_id in self._inflight:

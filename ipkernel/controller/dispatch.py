@@ -122,6 +122,15 @@ class Dispatcher:
         """How many engines can take tasks now."""
         return len(self._engines)
 
+    def running(self, limit: int) -> dict[int, tuple[list[int], int]]:
+        """For each engine with tasks in flight: the ids of the first ``limit`` tasks of
+        the batch it is running, and how many tasks it has in flight."""
+        running = {}
+        for engine_id, (sids, count) in self._batches.in_flight(limit).items():
+            records = (self._chains.active_record(sid) for sid in sids)
+            running[engine_id] = ([r.taskid for r in records if r is not None], count)
+        return running
+
     # -- engines ---------------------------------------------------------------------------
 
     def _engine_added(self, engine_id: int) -> None:

@@ -8,6 +8,7 @@ Deferred at once and it fires when the engine has answered.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -24,14 +25,20 @@ def error_outcome(type_name: str, message: str) -> Outcome:
 
 
 class EngineQueue:
-    """Commands waiting for one engine; at most one is in flight at a time."""
+    """Commands waiting for one engine; at most one is in flight at a time.
 
-    def __init__(self, engine: IEngine) -> None:
+    ``now`` (a wall clock, optional) dates each command as it is handed to the engine,
+    for :attr:`in_flight_since`.
+    """
+
+    def __init__(self, engine: IEngine, now: Callable[[], float] | None = None) -> None:
         self.engine = engine
         self._waiting: deque[tuple[str, list, dict | None, Deferred]] = deque()
         self._pending: str | None = None
         self._closed: str | None = None
         self._draining = False
+        self._now = now
+        self._since: float | None = None
 
     def submit(self, command: str, args: list, options: dict | None = None) -> Deferred:
         """Queue ``command(*args)``; the Deferred fires with its outcome (never errbacks).
@@ -51,6 +58,21 @@ class EngineQueue:
     def status(self) -> dict:
         """``{'queue': [names of waiting commands], 'pending': running command or None}``."""
         return {"queue": [c for c, _, _, _ in self._waiting], "pending": self._pending}
+
+    @property
+    def in_flight(self) -> str | None:
+        """The name of the command the engine is running, or ``None``."""
+        return self._pending
+
+    @property
+    def in_flight_since(self) -> float | None:
+        """When :attr:`in_flight` was handed to the engine (``now()``'s time), or ``None``."""
+        return self._since if self._pending is not None else None
+
+    @property
+    def waiting(self) -> int:
+        """How many commands wait behind the one in flight."""
+        return len(self._waiting)
 
     def clear(self) -> int:
         """Drop every waiting command (their outcome: ``QueueCleared``); return how many."""
@@ -87,6 +109,8 @@ class EngineQueue:
             while self._pending is None and self._waiting:
                 command, args, options, d = self._waiting.popleft()
                 self._pending = command
+                if self._now is not None:
+                    self._since = self._now()
                 if options is None:
                     call = self.engine.call(command, args)
                 else:

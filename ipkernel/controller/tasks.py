@@ -26,9 +26,11 @@ from zope.interface import implementer
 from ipkernel.controller.batch_size import BatchSizer
 from ipkernel.controller.chains import Chains
 from ipkernel.controller.dispatch import Dispatcher
+from ipkernel.controller.failures import RecentFailures
 from ipkernel.controller.scheduler.machine import Scheduler
 from ipkernel.controller.store import ITaskStore, MemoryStore, TaskRecord, close_held
 from ipkernel.controller.submission import parse_task
+from ipkernel.controller.throughput import Throughput
 from ipkernel.controller.waiters import Waiters
 from ipkernel.interfaces.task import ITaskController
 
@@ -68,12 +70,14 @@ class TaskController:
         self._now = now
         self._chains = Chains(self.store)
         self._waiters = Waiters()
+        self._throughput = Throughput()
+        self._failures = RecentFailures()
         self._dispatcher = Dispatcher(
             service,
             self.scheduler,
             self._chains,
             self.sizer,
-            on_finished=self._waiters.finished,
+            on_finished=self._finished,
             clock=clock,
             now=now,
         )
@@ -197,7 +201,33 @@ class TaskController:
         """How many engines can take tasks now (for clients sizing a ``map``'s chunks)."""
         return self._dispatcher.engine_count()
 
+    # -- read-only views (status pages) -----------------------------------------------------
+
+    def throughput(self, now: float | None = None) -> dict[str, Any]:
+        """Tasks finished per second over the last minutes: ``{'end': second, 'counts':
+        [...]}``, one count per second up to ``end`` (``int(now)``, by default the
+        records' clock), oldest first."""
+        return self._throughput.view(self._now() if now is None else now)
+
+    def recent_failures(self) -> list[dict[str, Any]]:
+        """The latest failed tasks, newest first, as plain dicts (see
+        :class:`~ipkernel.controller.failures.RecentFailures`)."""
+        return self._failures.view()
+
+    def running(self, limit: int = 8) -> dict[int, tuple[list[int], int]]:
+        """By engine id, for each engine with tasks in flight: the ids of the first
+        ``limit`` tasks of the batch it is running, and how many tasks it has in flight."""
+        return self._dispatcher.running(limit)
+
     # -- records and waiting ---------------------------------------------------------------
+
+    def _finished(self, record: TaskRecord) -> None:
+        """``record``'s task is finished: count it, and wake whoever waits for it."""
+        if record.completed is not None:
+            self._throughput.count(record.completed)
+        if record.state == "failed":
+            self._failures.add(record)
+        self._waiters.finished(record)
 
     def _submit(self, task: object, taskid: int | None) -> int:
         chain = parse_task(task)

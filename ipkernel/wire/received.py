@@ -63,6 +63,11 @@ class ReceivedPayload:
             self._fail(TransferError(f"cannot allocate {total} bytes to receive: {exc}"), True)
 
     @property
+    def bytes_received(self) -> int:
+        """How many bytes have arrived so far."""
+        return self._received
+
+    @property
     def received(self) -> bool:
         """True once every byte has arrived."""
         return self._error is None and self._received == self.nbytes and self._sid is None

@@ -228,6 +228,46 @@ def stream_stats() -> dict[str, int]:
     return totals
 
 
+def streams_in_flight() -> list[dict[str, Any]]:
+    """Every stream open on a live connection of this process, as plain dicts.
+
+    Keys: ``connection`` (a number naming the connection, the same for each of its
+    streams while it lives), ``sid``, ``direction`` (``'in'``: arriving here, ``'out'``:
+    sent from here), ``total`` (bytes), ``done`` (bytes received, for an arriving stream;
+    acknowledged by the receiver, for a sent one) and ``held`` (bytes a relay holds, not
+    yet forwarded; 0 otherwise).
+    """
+    streams: list[dict[str, Any]] = []
+    for table in list(_tables):
+        if table.lost:
+            continue
+        connection = id(table)
+        for sid, stream in table.incoming.items():
+            relay = isinstance(stream, Relay)
+            streams.append(
+                {
+                    "connection": connection,
+                    "sid": sid,
+                    "direction": "in",
+                    "total": stream.total if relay else stream.nbytes,
+                    "done": stream.received if relay else stream.bytes_received,
+                    "held": stream.queued if relay else 0,
+                }
+            )
+        for sid, out in table.outgoing.items():
+            streams.append(
+                {
+                    "connection": connection,
+                    "sid": sid,
+                    "direction": "out",
+                    "total": out.total,
+                    "done": out.acked,
+                    "held": 0,
+                }
+            )
+    return streams
+
+
 # Unjelly: what a stream reference becomes on arrival.
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ipkernel import paths
+from ipkernel.adapters.web.access import read_url_file
 
 __all__ = ["RUNNING", "connect_lines", "open_log", "running_message"]
 
@@ -37,13 +38,17 @@ def connect_lines(security_dir: Path, has_task_client: bool = True) -> list[str]
 
 
 def running_message(count: int, security_dir: Path, has_task_client: bool = True) -> str:
-    """What ipcluster prints once ``count`` engines are up: that it runs, and how to connect."""
+    """What ipcluster prints once ``count`` engines are up: that it runs, how to connect,
+    and the status page's URL (from ``ipcontroller-web.url``, when the controller serves
+    one)."""
     engines = f"{count} engine" if count == 1 else f"{count} engines"
     lines = connect_lines(security_dir, has_task_client)
+    url = read_url_file(security_dir)
     return (
         f"{RUNNING}{engines} are running "
         "(stop with Ctrl-C or `ipcluster stop`).\nConnect with:\n\n"
         + "".join(f"    {line}\n" for line in lines)
+        + (f"\nStatus page: {url}\n" if url else "")
     )
 
 
