@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -304,7 +305,7 @@ class QuickstartNotebookTests(TestCase):
     def stop_leftovers(self) -> None:
         """Kill the kernel if it still runs (its Cluster's lifeline then stops the
         cluster), check that every process of the cluster's pid file ends, and kill any
-        that does not."""
+        that does not; remove the cluster's directory, which a killed kernel leaves."""
         if not self.report.exists():
             return
         probe = self.probe()
@@ -319,6 +320,7 @@ class QuickstartNotebookTests(TestCase):
         finally:
             for pid in probe["pids"]:
                 kill_if_ours(pid)
+            shutil.rmtree(probe["dir"], ignore_errors=True)
 
     def test_quickstart_notebook(self):
         """Every code cell of the quickstart runs without error and shows what it should:
