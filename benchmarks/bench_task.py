@@ -13,6 +13,10 @@
   run; ``page_closed_controller_us_per_task`` and ``page_open_controller_us_per_task``:
   the controller's CPU time (user + system, from ``/proc``) per task in those runs, which
   other work on the machine skews less.
+- ``tasks_per_s_bar``: ``tasks_per_s`` with the ``barrier``'s progress bar shown from
+  its start (tqdm drawing on a pseudo-terminal, whatever this script's stderr is), and
+  ``progress_cost_pct``: how much slower that is than ``tasks_per_s``, from their
+  medians. The runs with and without the bar alternate, each going first in turn.
 
 The script starts ``ipcontroller`` and 2 ``ipengine`` processes in a temporary
 ``IPKERNEL_DIR`` and stops them (by PID) at the end. Options: ``--engines N``,
@@ -23,18 +27,23 @@ throughput figure is reported), ``--page-tasks N``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import http.client
 import json
 import os
 import platform
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -151,6 +160,51 @@ def measure_page(tc, client, tasks: int, repeat: int, url_file: Path, controller
     }
 
 
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 65536):
+            pass
+    except OSError:
+        pass  # EIO: the terminal's other end is closed
+
+
+@contextlib.contextmanager
+def progress_bar_shown() -> Iterator[None]:
+    """Waits show their bar at once, drawn by tqdm on an 80-column pseudo-terminal
+    (stderr, for the duration) that a thread reads and discards."""
+    from ipkernel.client import progress
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    terminal = os.fdopen(slave, "w")
+    drain = threading.Thread(target=_drain, args=(master,), daemon=True)
+    drain.start()
+    saved = sys.stderr, progress.DELAY
+    sys.stderr, progress.DELAY = terminal, 0.0
+    try:
+        yield
+    finally:
+        sys.stderr, progress.DELAY = saved
+        terminal.close()
+        drain.join()
+        os.close(master)
+
+
+def task_run(tc, tasks: int, bar: bool) -> tuple[float, float]:
+    """One run of ``tasks`` no-op MapTasks and their barrier, with or without a bar
+    shown; returns (tasks/s overall, tasks/s of the submission loop)."""
+    from ipkernel import client
+
+    with progress_bar_shown() if bar else contextlib.nullcontext():
+        start = time.perf_counter()
+        tids = [tc.run(client.MapTask(noop)) for _ in range(tasks)]
+        submitted = time.perf_counter()
+        tc.barrier(tids)
+        done = time.perf_counter()
+    tc.clear()
+    return tasks / (done - start), tasks / (submitted - start)
+
+
 def measure(
     engines: int,
     tasks: int,
@@ -181,16 +235,17 @@ def measure(
         tc.get_task_result(tid, block=True)
         times.append(time.perf_counter() - start)
 
-    task_rates, submit_rates, map_rates = [], [], []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        tids = [tc.run(client.MapTask(noop)) for _ in range(tasks)]
-        submitted = time.perf_counter()
-        tc.barrier(tids)
-        done = time.perf_counter()
-        task_rates.append(tasks / (done - start))
-        submit_rates.append(tasks / (submitted - start))
-        tc.clear()
+    task_rates, bar_rates, submit_rates, map_rates = [], [], [], []
+    for i in range(repeat):
+        # Alternate which run goes first, so that drift in the machine's load falls on
+        # the runs with and without a bar alike.
+        for bar in (False, True) if i % 2 == 0 else (True, False):
+            rate, submit_rate = task_run(tc, tasks, bar)
+            if bar:
+                bar_rates.append(rate)
+            else:
+                task_rates.append(rate)
+                submit_rates.append(submit_rate)
 
         start = time.perf_counter()
         result = tc.map(noop, range(10_000))
@@ -207,6 +262,10 @@ def measure(
         "round_trip_ms": round(statistics.median(times) * 1e3, 3),
         "tasks": tasks,
         "tasks_per_s": round(statistics.median(task_rates)),
+        "tasks_per_s_bar": round(statistics.median(bar_rates)),
+        "progress_cost_pct": round(
+            100 * (1 - statistics.median(bar_rates) / statistics.median(task_rates)), 2
+        ),
         "submit_per_s": round(statistics.median(submit_rates)),
         "map_items_per_s": round(statistics.median(map_rates)),
         **page,
