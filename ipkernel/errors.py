@@ -25,6 +25,7 @@ __all__ = [
     "WIRE_ERRORS",
     "ClientUnusable",
     "CompositeError",
+    "ControllerRestarted",
     "ControllerUnreachable",
     "EngineError",
     "IPKernelError",
@@ -275,6 +276,17 @@ class ControllerUnreachable(IPKernelError, ConnectionError):
         )
 
 
+class ControllerRestarted(ControllerUnreachable):
+    """The connection to the controller was lost while this call was in flight: the
+    controller stopped, crashed or restarted.
+
+    The client logs in again by itself, with the same key file, at its next call: call
+    again once the controller is back (``ipcontroller --reuse-keys``). The engines keep
+    their namespaces; what the call did there before the loss is not known. The Task
+    client does this by itself and raises this only when it cannot.
+    """
+
+
 class StaleKeyFile(IPKernelError):
     """The controller refused the key file: wrong secret or certificate fingerprint.
 
@@ -316,6 +328,7 @@ WIRE_ERRORS: dict[str, type[Exception]] = {
         SharedMemoryError,
         KeyFileNotFound,
         ControllerUnreachable,
+        ControllerRestarted,
         StaleKeyFile,
         ClientUnusable,
         ValueError,

@@ -25,11 +25,17 @@ from ipkernel.adapters.pb_task import task_avatar_factory
 from ipkernel.adapters.web.access import remove_url_file, write_url_file
 from ipkernel.adapters.web.listener import StatusPage
 from ipkernel.controller.service import ControllerService
+from ipkernel.controller.store import ITaskStore, MemoryStore
+from ipkernel.controller.store_payloads import DEFAULT_BUDGET, PayloadShelf
+from ipkernel.controller.store_sqlite import SQLiteStore, payload_directory
 from ipkernel.security import ControllerKeys, previous_ports
 from ipkernel.wire.broker import ServerFactory
 from ipkernel.wire.buffers import tune_allocator
 from ipkernel.wire.keepalive import DEFAULT_PEER_TIMEOUT
+from ipkernel.wire.kept import open_kept
 from ipkernel.wire.tls import listen_tls, server_context
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def _port(value: str) -> int:
@@ -46,6 +52,29 @@ def _engine_timeout(value: str) -> float:
         seconds = 0.0
     if not 1 <= seconds < 1e6:
         raise ValueError(f"--engine-timeout must be a number of seconds from 1, not {value!r}")
+    return seconds
+
+
+def _size(value: str) -> int:
+    """Bytes from ``1048576``, ``512K``, ``256M``, ``256MiB``, ``1G`` (powers of 1024)."""
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    try:
+        number = float(text[: len(text) - len(unit)])
+    except ValueError:
+        number = -1.0
+    if not number >= 0:
+        raise ValueError(f"{value!r} is not a size such as 256M, 1G or a number of bytes")
+    return int(number * _UNITS[unit])
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(f"{value!r} is not a positive number of seconds")
     return seconds
 
 
@@ -75,7 +104,30 @@ class Options(usage.Options):
         ],
         ["security-dir", None, None, "Where key files go (default: $IPKERNEL_DIR/security)."],
         ["log-dir", None, None, "Where the log goes (default: $IPKERNEL_DIR/log)."],
-        ["db", None, None, "SQLite file that keeps task records (default: in memory)."],
+        [
+            "db",
+            None,
+            None,
+            "SQLite file that keeps task records, so that a controller restarted with "
+            "--reuse-keys --db FILE keeps every result and runs unfinished tasks again; "
+            "large task payloads go to FILE-payloads/ (default: in memory).",
+        ],
+        [
+            "task-memory",
+            None,
+            None,
+            "Without --db: memory for large task payloads held by the controller; past "
+            "it they go to a temporary directory (default: 256M).",
+            _size,
+        ],
+        [
+            "task-max-age",
+            None,
+            None,
+            "Remove finished task records (and their results) this many seconds after "
+            "they finished (default: keep them until a client's clear()).",
+            _positive_seconds,
+        ],
         [
             "engine-timeout",
             None,
@@ -119,10 +171,19 @@ class Options(usage.Options):
         "log-dir": "DIR",
         "db": "FILE",
         "engine-timeout": "SECONDS",
+        "task-memory": "SIZE",
+        "task-max-age": "SECONDS",
         "location": "HOST",
         "web-ip": "ADDRESS",
         "web-port": "PORT",
     }
+
+    def postOptions(self) -> None:  # noqa: N802 - Twisted's name
+        if self["db"] and self["task-memory"] is not None:
+            raise usage.UsageError(
+                "--task-memory applies without --db only: with --db every large task "
+                "payload is kept on disk, beside the database"
+            )
 
 
 class ControllerListeners(Service):
@@ -254,8 +315,29 @@ class LogFile(Service):
         log_to_file(self.log_dir, self.name)
 
 
+def task_store(config: usage.Options, reactor: Any) -> ITaskStore:
+    """The task store the options ask for: SQLite with ``--db`` (large payloads in files
+    beside it), else in memory (large payloads past ``--task-memory`` in a temporary
+    directory).
+
+    :raises ~ipkernel.controller.store_sqlite.StoreUnavailable: if the database cannot
+        be opened.
+    """
+    db = config["db"]
+    if db:
+        path = os.path.abspath(os.path.expanduser(db))
+        shelf = PayloadShelf.persistent(payload_directory(path), open_kept)
+        return SQLiteStore(path, clock=reactor, shelf=shelf)
+    budget = config["task-memory"]
+    return MemoryStore(PayloadShelf.temporary(DEFAULT_BUDGET if budget is None else budget))
+
+
 def makeService(config: usage.Options, reactor: Any = None) -> MultiService:  # noqa: N802
-    """The controller service with its listeners, for twistd and ``ipcontroller``."""
+    """The controller service with its listeners, for twistd and ``ipcontroller``.
+
+    :raises ~ipkernel.controller.store_sqlite.StoreUnavailable: if ``--db`` names a
+        database that cannot be opened.
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -265,7 +347,10 @@ def makeService(config: usage.Options, reactor: Any = None) -> MultiService:  # 
     top = MultiService()
     LogFile(config["log-dir"], "ipcontroller").setServiceParent(top)
     controller = ControllerService(
-        on_stop_requested=lambda: reactor.callLater(0.1, reactor.stop), clock=reactor
+        on_stop_requested=lambda: reactor.callLater(0.1, reactor.stop),
+        clock=reactor,
+        store=task_store(config, reactor),
+        task_max_age=config["task-max-age"],
     )
     # The client gate hands Task clients (ipcontroller-tc.furl) this avatar.
     controller.task_avatar = task_avatar_factory(controller.tasks)

@@ -36,7 +36,7 @@ from ipkernel.client.task_types import (
     task_to_wire,
 )
 from ipkernel.controller.service import ControllerService
-from ipkernel.controller.store import ITaskStore, MemoryStore, TaskRecord, TaskSpec
+from ipkernel.controller.store import MemoryStore, TaskRecord, TaskSpec
 from ipkernel.controller.submission import MAX_CHAIN, parse_task
 from ipkernel.controller.tasks import TaskController
 from ipkernel.engine.core import EngineCore
@@ -165,44 +165,6 @@ class Rig:
 
 
 # -- the store and task parsing --------------------------------------------------------------
-
-
-class MemoryStoreTests(SynchronousTestCase):
-    def record(self, taskid: int) -> TaskRecord:
-        return TaskRecord(taskid, [TaskSpec(body(), None, None, 0)], submitted=1.0)
-
-    def test_provides_the_interface(self):
-        """MemoryStore passes the ITaskStore interface check."""
-        verifyObject(ITaskStore, MemoryStore())
-
-    def test_reserved_ids_are_never_handed_out_twice(self):
-        """Blocks of ids follow each other; an id added by hand is skipped later."""
-        store = MemoryStore()
-        self.assertEqual(store.reserve_ids(3), 0)
-        self.assertEqual(store.reserve_ids(2), 3)
-        store.add(self.record(10))
-        self.assertEqual(store.reserve_ids(1), 11)
-        self.assertRaises(ValueError, store.reserve_ids, 0)
-
-    def test_records_are_filed_by_state(self):
-        """save() re-files a record whose state changed; queries follow; finished ones go."""
-        store = MemoryStore()
-        records = [self.record(i) for i in range(4)]
-        for r in records:
-            store.add(r)
-        self.assertRaises(ValueError, store.add, self.record(2))
-        records[1].state = "pending"
-        records[2].state = "succeeded"
-        records[3].state = "failed"
-        for r in records:
-            store.save(r)
-        self.assertEqual([store.count(s) for s in ("scheduled", "pending")], [1, 1])
-        self.assertEqual(store.ids("succeeded"), [2])
-        self.assertEqual([r.taskid for r in store.unfinished()], [0, 1])
-        self.assertEqual(store.remove_finished(), [2, 3])
-        self.assertIsNone(store.get(2))
-        self.assertEqual(store.size, 2)
-        self.assertEqual(store.ids("failed"), [])
 
 
 class ParseTaskTests(SynchronousTestCase):
@@ -440,9 +402,13 @@ class FakeHeld:
         self.name = name
         self.nbytes = 1 << 20
         self.closed = False
+        self.path: str | None = None
 
     def sendable(self, share: bool) -> str:
         return f"sendable {self.name}"
+
+    def move_to(self, path: str, *, owns_file: bool) -> None:
+        self.path = path
 
     def close(self) -> None:
         self.closed = True

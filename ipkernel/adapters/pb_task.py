@@ -84,6 +84,24 @@ class TaskAdapter(pb.Referenceable):
             self._reserved.append(range(first, first + count))
         return first
 
+    def remote_reclaim_ids(self, ranges: object) -> None:
+        """Take back ids this client reserved before the controller restarted:
+        ``[[first, count], ...]``, each handed out by this controller's task store.
+        ``ValueError`` if one never was (the controller restarted without ``--db``)."""
+        if not isinstance(ranges, (list, tuple)) or len(ranges) > MAX_RESERVE:
+            raise WireError("TypeError", "reclaim_ids needs a list of [first, count]")
+        claimed = []
+        for entry in ranges:
+            if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+                raise WireError("TypeError", "reclaim_ids needs a list of [first, count]")
+            first, count = _int(entry[0], "first"), _int(entry[1], "count")
+            try:
+                self._tasks.reclaim_ids(first, count)
+            except ValueError as exc:
+                raise WireError("ValueError", str(exc)) from None
+            claimed.append(range(first, first + count))
+        self._reserved.extend(claimed)
+
     def remote_shm_probe(self, probe: object) -> list | None:
         """Given the client's shared-memory probe, answer with the controller's if the
         controller can open the client's segments (same host and user), else ``None``."""
@@ -91,15 +109,15 @@ class TaskAdapter(pb.Referenceable):
         self._share = mine is not None and shm.same_host(probe)
         return mine.to_wire() if self._share and mine is not None else None
 
-    def remote_run_tasks(self, message: object, payloads: object = None) -> Deferred | list:
+    def remote_run_tasks(self, message: object, payloads: object = None) -> Deferred:
         """Submit the tasks packed in ``message`` (:data:`~ipkernel.interfaces.records.TASK_SUBMIT`)
         under ids this client reserved; ``payloads`` maps record indexes to the large
         bodies sent apart (those records' bodies are ``None``).
 
-        Fires, once every payload is held here, with ``[[taskid, type_name, message],
-        ...]`` for the tasks refused (usually none: a body that did not arrive refuses its
-        task with ``TransferError``); the others are accepted. A message that cannot be
-        unpacked is refused as a whole (``TypeError``).
+        Fires, once every payload is held here and the task store keeps the tasks, with
+        ``[[taskid, type_name, message], ...]`` for the tasks refused (usually none: a
+        body that did not arrive refuses its task with ``TransferError``); the others are
+        accepted. A message that cannot be unpacked is refused as a whole (``TypeError``).
         """
         try:
             records = TASK_SUBMIT.unpack(message)
@@ -120,9 +138,10 @@ class TaskAdapter(pb.Referenceable):
             lambda results: self._submit(records, dict(zip(indexes, results, strict=True)))
         )
 
-    def _submit(self, records: list, held: dict[int, tuple[bool, Any]]) -> list:
+    def _submit(self, records: list, held: dict[int, tuple[bool, Any]]) -> Deferred:
         """Submit unpacked records; ``held`` maps record indexes to ``(ok, kept payload
-        or failure)``, the outcome of keeping each large body."""
+        or failure)``, the outcome of keeping each large body. Fires with the refusals
+        once the task store keeps the tasks accepted."""
         tasks: list[tuple[int, list]] = []
         failed: dict[int, str] = {}  # task id -> why a body of its chain is missing
         for index, ((taskid, retries), (body, depend)) in enumerate(records):
@@ -156,7 +175,10 @@ class TaskAdapter(pb.Referenceable):
             if error is not None:
                 refused.append([taskid, type(error).__name__, str(error)])
                 _close_chain(chain)
-        return refused
+        # Accepted only once kept: a controller restarted after a crash still has them
+        # (the client sends again what it was not told about). A client that sent
+        # large bodies waits for the answer: keep them at once.
+        return self._tasks.committed(bool(held)).addCallback(lambda _: refused)
 
     def remote_get_task_result(
         self, taskid: object, block: object = False, options: object = None

@@ -10,6 +10,7 @@ from twisted.python import usage
 from ipkernel import tap
 from ipkernel.cli import lifeline
 from ipkernel.cli.command_options import CommandOptions
+from ipkernel.errors import IPKernelError
 
 
 class ControllerOptions(CommandOptions, tap.Options):
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
 
     globalLogBeginner.beginLoggingTo([tap.stderr_observer()], redirectStandardIO=False)
-    service = tap.makeService(options, reactor)
+    try:
+        service = tap.makeService(options, reactor)
+    except IPKernelError as exc:  # the task database cannot be opened
+        print(f"ipcontroller: cannot start: {exc}", file=sys.stderr)
+        return 1
     failed: list = []
 
     def start() -> None:

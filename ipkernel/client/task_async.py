@@ -15,6 +15,12 @@ chain, nothing else. Submitting is cheap: ids come from blocks reserved ahead
 here cannot be, short of a protocol mismatch) makes :meth:`~AsyncTaskClient.get_task_result`
 and :meth:`~AsyncTaskClient.barrier` fail with the controller's error for that id.
 
+A controller restarted with ``--reuse-keys --db`` keeps every task: the client logs in
+again by itself (waiting up to :attr:`~AsyncTaskClient.reconnect_timeout` seconds), claims
+the ids it reserved before, sends again the tasks whose acceptance it had not heard of,
+and repeats the calls that were in flight (a blocking ``get_task_result`` or ``barrier``
+goes on waiting).
+
 The blocking :class:`~ipkernel.client.task_blocking.TaskClient` forwards to this one.
 """
 
@@ -36,10 +42,11 @@ from twisted.spread import pb
 from ipkernel.client.connection import ControllerConnection
 from ipkernel.client.partition import split
 from ipkernel.client.task_batches import TaskBatches
-from ipkernel.client.task_ids import IdPool, id_list, one_id
+from ipkernel.client.task_ids import IdPool, as_ranges, id_list, one_id
 from ipkernel.client.task_map import chunk_count, join_map, map_chunk
 from ipkernel.client.task_payloads import TaskPayloads
 from ipkernel.client.task_types import BaseTask, MapTask, TaskResult, task_to_wire
+from ipkernel.errors import ControllerRestarted, IPKernelError
 from ipkernel.security import KeyFile
 from ipkernel.wire.connect import login
 from ipkernel.wire.transfer import transport_mode
@@ -63,6 +70,10 @@ class AsyncTaskClient(ControllerConnection):
     network); the default is ``$IPKERNEL_TRANSPORT``, else ``'auto'``.
     """
 
+    #: Seconds a call waits for a controller that went away to be back (see the module
+    #: docstring) before it fails with :class:`~ipkernel.errors.ControllerUnreachable`.
+    reconnect_timeout = 30.0
+
     def __init__(
         self,
         avatar: pb.RemoteReference,
@@ -73,7 +84,7 @@ class AsyncTaskClient(ControllerConnection):
         super().__init__(avatar, source)
         self._payloads = TaskPayloads(transport)
         self._ids = IdPool()
-        self._batches = TaskBatches(self._remote, self._payloads, reactor)
+        self._batches = TaskBatches(self._remote, self._payloads, reactor, self._batch_lost)
 
     @classmethod
     @inlineCallbacks
@@ -98,10 +109,55 @@ class AsyncTaskClient(ControllerConnection):
 
     def _call(self, method: str, *args: Any, about: Sequence[int] = ()) -> Deferred:
         """Call the controller after the tasks submitted so far; fail instead with the
-        controller's refusal of any task named in ``about``."""
-        return self._batches.after_sent(
-            lambda: self._batches.refusal(about) or self._remote(method, *args)
-        )
+        controller's refusal of any task named in ``about``. A call in flight when the
+        connection is lost is made again once the client has logged in again."""
+
+        def attempt() -> Deferred:
+            refused = self._batches.refusal(about)
+            if refused is not None:
+                return refused
+            d = self._remote(method, *args)
+            return d.addErrback(self._again_after_restart, method, args, about)
+
+        return self._batches.after_sent(attempt)
+
+    def _again_after_restart(
+        self, failure: Any, method: str, args: tuple, about: Sequence[int]
+    ) -> Any:
+        if not failure.check(ControllerRestarted) or self.closed or self._relogin is None:
+            return failure
+        return self._call(method, *args, about=about)
+
+    def _batch_lost(self) -> None:
+        """A batch of tasks was lost with the connection: log in again to send it again
+        (its tasks fail if the controller does not come back)."""
+        self.reconnect().addErrback(self._lost_for_good)
+
+    def _lost_for_good(self, failure: Any) -> None:
+        if failure.check(ControllerRestarted) and not self.closed:
+            self._batch_lost()  # lost again while logging in: try again
+        else:
+            self._batches.fail_lost(failure.value)
+
+    @inlineCallbacks
+    def _reconnected(self):
+        """Logged in again: probe shared memory anew, claim the ids reserved before and
+        send again the batches lost with the connection."""
+        yield self._payloads.negotiate(self._remote)
+        ranges = as_ranges([*self._ids.unused(), *self._batches.lost_ids()])
+        if ranges:
+            try:
+                yield self._remote("reclaim_ids", ranges)
+            except ValueError as exc:
+                # A controller without its task store (--db): it knows none of them.
+                self._ids.drop()
+                self._batches.fail_lost(
+                    IPKernelError(
+                        "the controller restarted without the task store that had this "
+                        f"task (start it with --db to keep tasks across restarts): {exc}"
+                    )
+                )
+        self._batches.resend_lost()
 
     # Submitting.
 
@@ -159,6 +215,11 @@ class AsyncTaskClient(ControllerConnection):
     def sync(self, timeout: float | None = None) -> Deferred:
         """Fires with ``None`` once every task sent so far has been answered (or after
         ``timeout`` seconds, if given, whatever happened)."""
+        self._batches.flush()
+        if self._batches.unanswered():
+            # A controller with --db answers a batch once it has written its tasks, which
+            # it may put off for a moment; a barrier on nothing has it write them now.
+            self._call("barrier", []).addErrback(lambda f: None)
         return self._batches.sync(timeout)
 
     # Results and control.

@@ -5,7 +5,11 @@ turn, or before the next call to the controller, in ``run_tasks`` messages of at
 :data:`SEND_MAX_TASKS` tasks and about :data:`SEND_MAX_BYTES` bytes, without waiting for
 each to be acknowledged. It remembers the tasks the controller refused, so that a later
 call naming one fails with the controller's error, and it holds calls back while a batch
-whose large bodies are still arriving has not been answered.
+whose large bodies are still arriving has not been answered. A batch whose answer is lost
+with the connection (:class:`~ipkernel.errors.ControllerRestarted`) is kept, to be sent
+again, under the same ids, once the client has logged in again (:meth:`TaskBatches.resend_lost`):
+the controller has it only if it committed it before it went away, and then refuses the
+copy as a task already in use, which counts as accepted.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, gatherResults
 
 from ipkernel.client.task_payloads import TaskPayloads
-from ipkernel.errors import error_from_wire
+from ipkernel.errors import ControllerRestarted, error_from_wire
 from ipkernel.frames import Serialized
 from ipkernel.interfaces.records import TASK_SUBMIT
 
@@ -38,10 +42,16 @@ class TaskBatches:
     :param payloads: the client's payload policy, which packs large bodies.
     :param reactor: gives ``callFromThread`` (and ``callLater``, for :meth:`sync`'s
         timeout).
+    :param on_lost: called when a batch's answer was lost with the connection (the
+        client then logs in again and calls :meth:`resend_lost`, or :meth:`fail_lost`).
     """
 
     def __init__(
-        self, call_remote: Callable[..., Deferred], payloads: TaskPayloads, reactor: Any
+        self,
+        call_remote: Callable[..., Deferred],
+        payloads: TaskPayloads,
+        reactor: Any,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self._call_remote = call_remote
         self._payloads = payloads
@@ -53,6 +63,9 @@ class TaskBatches:
         # The batches with large bodies not answered yet.
         self._with_bodies: set[Deferred] = set()
         self._rejected: dict[int, BaseException] = {}
+        self._on_lost = on_lost
+        # Batches whose answer was lost with the connection, with their Deferreds.
+        self._lost: list[tuple[list[Queued], Deferred]] = []
 
     def send(self, taskid: int, wire: list, acknowledged: Deferred | None = None) -> None:
         """Queue the task ``wire`` under the reserved id ``taskid`` (any thread).
@@ -111,7 +124,38 @@ class TaskBatches:
             d.addTimeout(timeout, self._reactor)
         return d.addBoth(lambda _: None)
 
-    def _send_batch(self, batch: list[Queued]) -> None:
+    def unanswered(self) -> bool:
+        """Whether some batch sent has not been answered yet."""
+        return bool(self._unacked)
+
+    def lost_ids(self) -> list[int]:
+        """The ids of the tasks whose batch was lost with the connection."""
+        return [taskid for batch, _ in self._lost for taskid, _, _ in batch]
+
+    def resend_lost(self) -> None:
+        """Send again the batches lost with the connection (after a new login)."""
+        lost, self._lost = self._lost, []
+        for batch, done in lost:
+            self._send_batch(batch, done)
+
+    def fail_lost(self, error: BaseException) -> None:
+        """Give up the batches lost with the connection: their tasks fail with ``error``."""
+        lost, self._lost = self._lost, []
+        for batch, done in lost:
+            for taskid, _, ack in batch:
+                self._rejected[taskid] = error
+                if ack is not None:
+                    ack.errback(error)
+            done.callback(None)
+
+    def _send_batch(self, batch: list[Queued], done: Deferred | None = None) -> None:
+        """Send ``batch``; ``done`` (made here for a first send) fires once it is answered
+        for good, which may be after a resend."""
+        resend = done is not None
+        if done is None:
+            done = Deferred()
+            self._unacked.add(done)
+            done.addBoth(lambda result: self._unacked.discard(done) or result)
         records = []
         # Large bodies travel apart: record index -> payload (the record's body is None).
         payloads: dict[int, Any] = {}
@@ -132,12 +176,14 @@ class TaskBatches:
         if payloads:
             # Once answered, the controller holds every body (or has refused it).
             d.addBoth(self._payloads.sent, list(payloads.values()))
-            self._with_bodies.add(d)
-            d.addBoth(lambda result: self._with_bodies.discard(d) or result)
-        self._unacked.add(d)
+            if done not in self._with_bodies:
+                self._with_bodies.add(done)
+                done.addBoth(lambda result: self._with_bodies.discard(done) or result)
 
         def answered(refused: list) -> None:
             for taskid, type_name, message in refused:
+                if resend and type_name == "ValueError" and "already in use" in str(message):
+                    continue  # the controller had kept it before it went away
                 self._rejected[taskid] = error_from_wire(str(type_name), str(message))
             for taskid, _, ack in batch:
                 if ack is None:
@@ -147,15 +193,20 @@ class TaskBatches:
                     ack.callback(None)
                 else:
                     ack.errback(error)
+            done.callback(None)
 
         def failed(failure: Any) -> None:
+            if failure.check(ControllerRestarted) and self._on_lost is not None:
+                self._lost.append((batch, done))
+                self._on_lost()
+                return
             for taskid, _, ack in batch:
                 self._rejected[taskid] = failure.value
                 if ack is not None:
                     ack.errback(failure.value)
+            done.callback(None)
 
         d.addCallbacks(answered, failed)
-        d.addBoth(lambda _: self._unacked.discard(d))
 
 
 def carries_payloads(wire: list[list]) -> bool:

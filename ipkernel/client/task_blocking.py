@@ -81,6 +81,17 @@ class TaskClient:
     def __repr__(self) -> str:
         return describe(type(self).__name__, self._async, block=self.block)
 
+    @property
+    def reconnect_timeout(self) -> float:
+        """Seconds a call waits for a controller that went away (crashed, restarting
+        with ``--reuse-keys``) to accept a new login before it fails with
+        :class:`~ipkernel.errors.ControllerUnreachable` (default 30)."""
+        return self._async.reconnect_timeout
+
+    @reconnect_timeout.setter
+    def reconnect_timeout(self, seconds: float) -> None:
+        self._async.reconnect_timeout = seconds
+
     def run(self, task: BaseTask) -> int:
         """Submit ``task``; return its id (an int) at once.
 

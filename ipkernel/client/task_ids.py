@@ -11,7 +11,7 @@ import operator
 import threading
 from collections.abc import Iterable
 
-__all__ = ["FIRST_ID_BLOCK", "MAX_ID_BLOCK", "IdPool", "id_list", "one_id"]
+__all__ = ["FIRST_ID_BLOCK", "MAX_ID_BLOCK", "IdPool", "as_ranges", "id_list", "one_id"]
 
 #: Ids a client reserves at first, and at most, in one round trip.
 FIRST_ID_BLOCK = 16
@@ -47,6 +47,28 @@ class IdPool:
         """The controller reserved ``count`` ids from ``first`` on: use them next."""
         with self._lock:
             self._next, self._stop = first, first + count
+
+    def unused(self) -> range:
+        """The reserved ids not used yet (to claim again from a restarted controller)."""
+        with self._lock:
+            return range(self._next, self._stop)
+
+    def drop(self) -> None:
+        """Forget the unused ids (a controller that restarted without its task store
+        does not know them)."""
+        with self._lock:
+            self._next = self._stop
+
+
+def as_ranges(ids: Iterable[int]) -> list[list[int]]:
+    """``[[first, count], ...]`` covering ``ids`` (runs of consecutive ids merged)."""
+    out: list[list[int]] = []
+    for taskid in sorted(set(ids)):
+        if out and out[-1][0] + out[-1][1] == taskid:
+            out[-1][1] += 1
+        else:
+            out.append([taskid, 1])
+    return out
 
 
 def one_id(taskid: object) -> int:

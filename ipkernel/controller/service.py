@@ -19,6 +19,7 @@ from ipkernel.controller.engine_status import engine_status
 from ipkernel.controller.multiengine import MultiEngine
 from ipkernel.controller.queue import EngineQueue
 from ipkernel.controller.registry import EngineRegistry
+from ipkernel.controller.store import ITaskStore
 from ipkernel.controller.tasks import TaskController
 from ipkernel.interfaces.engine import IEngine
 
@@ -30,11 +31,13 @@ class ControllerService(MultiService):
     """Engine registry, one queue per engine, and the MultiEngine and Task services over them.
 
     ``clock`` (an ``IReactorTime``) is what the task controller (:attr:`tasks`) uses to
-    wait for the next reactor turn. ``on_stop_requested`` is called when a client asks
-    for the controller to stop (``mec.kill(controller=True)``); the program that runs the
-    service decides what that means (``ipcontroller`` stops its reactor). No method here
-    stops a reactor. ``now`` is the wall clock that dates task records and the commands
-    engines are running (for :meth:`engine_status`).
+    wait for the next reactor turn. ``store`` is the task controller's
+    :class:`~ipkernel.controller.store.ITaskStore` (in memory by default), closed when the
+    service stops; ``task_max_age`` its ``max_age``. ``on_stop_requested`` is called when
+    a client asks for the controller to stop (``mec.kill(controller=True)``); the program
+    that runs the service decides what that means (``ipcontroller`` stops its reactor). No
+    method here stops a reactor. ``now`` is the wall clock that dates task records and the
+    commands engines are running (for :meth:`engine_status`).
     """
 
     log = Logger()
@@ -45,6 +48,8 @@ class ControllerService(MultiService):
         clock: IReactorTime,
         on_stop_requested: Callable[[], Any] | None = None,
         now: Callable[[], float] = time.time,
+        store: ITaskStore | None = None,
+        task_max_age: float | None = None,
     ) -> None:
         super().__init__()
         self.registry = EngineRegistry()
@@ -57,7 +62,9 @@ class ControllerService(MultiService):
         self._versions: dict[int, int] = {}  # engine id -> latest properties version told
         self.multiengine = MultiEngine(self.registry, self.queues, self.request_stop)
         #: The Task service (:class:`~ipkernel.interfaces.ITaskController`).
-        self.tasks = TaskController(self, clock=clock, now=now)
+        self.tasks = TaskController(
+            self, clock=clock, now=now, store=store, max_age=task_max_age
+        )
 
     def on_engine_added(self, listener: EngineListener) -> None:
         """Call ``listener(engine_id)`` after each registration, once the engine's queue
@@ -119,4 +126,5 @@ class ControllerService(MultiService):
         for engine_id in self.registry.ids():
             engine = self.registry.get(engine_id)
             engine.disconnect()
+        self.tasks.close()
         return super().stopService()

@@ -7,13 +7,14 @@ frames and the options the scheduler needs, its state, timestamps, engine, attem
 the outcome of the run that settled it (its result bytes). Nothing in a record is ever
 unpickled by the controller. A large body or result is not frames but a
 :class:`HeldPayload`, which the controller keeps apart (see :mod:`ipkernel.wire.kept`)
-and frees with :meth:`HeldPayload.close` once it is no longer needed.
+and frees with :meth:`HeldPayload.close` once it is no longer needed; a store may move it
+to a file (:mod:`~ipkernel.controller.store_payloads`).
 
 :class:`ITaskStore` is the contract; :class:`MemoryStore` keeps records in a dict for the
-controller's lifetime. A store backed by SQLite (``ipcontroller --db PATH``) implements the
-same methods: every field of a record is a number, a string, ``None`` or a list of
-``bytes``, so a record maps onto one row (frames as BLOBs), and :meth:`ITaskStore.save`
-is called after every change the controller makes, so that row stays current.
+controller's lifetime, and :class:`~ipkernel.controller.store_sqlite.SQLiteStore`
+(``ipcontroller --db PATH``) in a database that outlives it. Every field of a record is a
+number, a string, ``None`` or a list of ``bytes``, so a record maps onto one row (frames
+as BLOBs); :meth:`ITaskStore.save` is called after every change the controller makes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import Attribute, Interface, implementer
 
 __all__ = [
@@ -32,7 +34,10 @@ __all__ = [
     "MemoryStore",
     "TaskRecord",
     "TaskSpec",
+    "body_name",
     "close_held",
+    "is_held",
+    "result_name",
 ]
 
 #: The states a record can be in, as the keys of ``queue_status``.
@@ -49,23 +54,43 @@ class HeldPayload(Protocol):
 
     #: Its size in bytes.
     nbytes: int
+    #: True once :meth:`close` was called.
+    closed: bool
+    #: The file it is kept in (see :meth:`move_to`), or ``None`` while it is in memory.
+    path: str | None
 
     def sendable(self, share: bool) -> Any:
         """A new object to put in a message to send it once (``share``: the receiver
         can map this process's shared memory)."""
 
+    def move_to(self, path: str, *, owns_file: bool) -> None:
+        """Write it to a new file at ``path`` (mode 0600) and let go of its memory; it is
+        sent from the file from now on. With ``owns_file``, :meth:`close` deletes the
+        file; otherwise whoever moved it does, when the file is no longer needed.
+
+        :raises OSError: if the file cannot be written (the payload stays where it was).
+        """
+
     def close(self) -> None:
-        """Free it; it cannot be sent afterwards."""
+        """Free it (and delete its file, if it owns one); it cannot be sent afterwards."""
+
+
+def is_held(value: object) -> bool:
+    """Whether ``value`` is a :class:`HeldPayload` rather than frames (or ``None``).
+
+    Frames are checked first: a protocol check is slow, and this runs for every task.
+    """
+    return (
+        value is not None
+        and not isinstance(value, (list, tuple))
+        and isinstance(value, HeldPayload)
+    )
 
 
 def close_held(value: object) -> None:
     """Free ``value`` if it is a :class:`HeldPayload` (frames need nothing)."""
-    if (
-        value is not None
-        and not isinstance(value, (list, tuple))
-        and isinstance(value, HeldPayload)
-    ):
-        value.close()
+    if is_held(value):
+        value.close()  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +173,8 @@ class ITaskStore(Interface):
         """Return the first of ``count`` consecutive task ids never handed out before.
 
         Ids are never reused within the store's life (across controller restarts, for a
-        persistent store). Raises ``ValueError`` if ``count`` is less than 1.
+        persistent store, which keeps the reservation before it returns). Raises
+        ``ValueError`` if ``count`` is less than 1.
         """
 
     def add(record):
@@ -156,6 +182,10 @@ class ITaskStore(Interface):
 
     def get(taskid):
         """Return the record of ``taskid``, or ``None`` if there is none."""
+
+    def state(taskid):
+        """Return the state of ``taskid``'s record, or ``None`` if there is none (as
+        :meth:`get`, without reading the whole record)."""
 
     def save(record):
         """The controller changed ``record`` (state, times, outcome ...): persist it."""
@@ -169,10 +199,30 @@ class ITaskStore(Interface):
     def unfinished():
         """Return the records not finished, by id (a restarted controller queues them)."""
 
-    def remove_finished():
-        """Forget every finished record; return the ids forgotten, ascending."""
+    def remove_finished(before=None):
+        """Forget every finished record (with ``before``, only those completed before
+        that time) and free their large results; return the ids forgotten, ascending."""
+
+    def committed(now=False):
+        """Return a Deferred that fires with ``None`` once every change made so far is
+        kept: at once for a store in memory; for one on disk, after its next periodic
+        write, or with ``now`` after a write at the end of this reactor turn."""
+
+    def close():
+        """Write what is pending and let go of files; the store is not used afterwards."""
 
     size = Attribute("The number of records held.")
+    next_id = Attribute("The first id never handed out: every id below it was reserved.")
+
+
+def body_name(taskid: int, link: int) -> str:
+    """The name a store gives the file of a large body (link ``link`` of task ``taskid``)."""
+    return f"{taskid}.{link}.body"
+
+
+def result_name(taskid: int) -> str:
+    """The name a store gives the file of task ``taskid``'s large result."""
+    return f"{taskid}.result"
 
 
 @implementer(ITaskStore)
@@ -180,19 +230,26 @@ class MemoryStore:
     """Records in a dict, for the controller's lifetime (the default store).
 
     :meth:`save` only re-files a record whose state changed; the record objects
-    themselves are the stored data.
+    themselves are the stored data. ``shelf`` (a
+    :class:`~ipkernel.controller.store_payloads.PayloadShelf`), if given, takes the large
+    bodies and results of the records, to move them to files past its memory budget.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shelf: Any = None) -> None:
         self._records: dict[int, TaskRecord] = {}
         # The state each record was filed under at its last add/save.
         self._filed: dict[int, str] = {}
         self._by_state: dict[str, set[int]] = {state: set() for state in STATES}
         self._next_id = 0
+        self._shelf = shelf
 
     @property
     def size(self) -> int:
         return len(self._records)
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
 
     def reserve_ids(self, count: int) -> int:
         if count < 1:
@@ -210,13 +267,24 @@ class MemoryStore:
             self._next_id = record.taskid + 1
         self._records[record.taskid] = record
         self._file(record)
+        if self._shelf is not None:
+            for link, spec in enumerate(record.chain):
+                if is_held(spec.body):
+                    self._shelf.place(spec.body, body_name(record.taskid, link))
 
     def get(self, taskid: int) -> TaskRecord | None:
         return self._records.get(taskid)
 
+    def state(self, taskid: int) -> str | None:
+        return self._filed.get(taskid)
+
     def save(self, record: TaskRecord) -> None:
         if self._filed.get(record.taskid) != record.state and record.taskid in self._records:
             self._file(record)
+            if self._shelf is not None and record.finished and record.outcome is not None:
+                value = record.outcome[1]
+                if is_held(value):
+                    self._shelf.place(value, result_name(record.taskid))
 
     def ids(self, state: str) -> list[int]:
         return sorted(self._by_state[state])
@@ -230,10 +298,24 @@ class MemoryStore:
             for i in sorted(self._by_state["scheduled"] | self._by_state["pending"])
         ]
 
-    def remove_finished(self) -> list[int]:
+    def remove_finished(self, before: float | None = None) -> list[int]:
         gone = sorted(self._by_state["succeeded"] | self._by_state["failed"])
+        if before is not None:
+            records = self._records
+            gone = [t for t in gone if (records[t].completed or 0.0) < before]
+        for taskid in gone:
+            outcome = self._records[taskid].outcome
+            if outcome is not None:
+                close_held(outcome[1])
         self._forget(gone)
         return gone
+
+    def committed(self, now: bool = False) -> Deferred:
+        return succeed(None)
+
+    def close(self) -> None:
+        if self._shelf is not None:
+            self._shelf.close()
 
     def _file(self, record: TaskRecord) -> None:
         old = self._filed.get(record.taskid)

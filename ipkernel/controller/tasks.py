@@ -7,7 +7,10 @@ What clients ask of tasks is answered here: tasks are checked
 (:mod:`~ipkernel.controller.dispatch`), which runs them through the pure scheduler
 (:mod:`ipkernel.controller.scheduler`) and sends them to engines in batches; results are
 read from the records, and blocking calls wait for them
-(:mod:`~ipkernel.controller.waiters`).
+(:mod:`~ipkernel.controller.waiters`). With a store that writes to disk, an answer that a
+task was accepted or finished leaves only once the store has kept it, so that a
+controller restarted after a crash never forgets what a client was told; records
+finished longer ago than ``max_age`` seconds are removed as time goes by.
 
 Everything the controller holds of a task is opaque: the client serializes the task body
 and its ``depend`` function into frames, and only the engine decodes them.
@@ -21,6 +24,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from ipkernel.controller.batch_size import BatchSizer
@@ -28,7 +32,7 @@ from ipkernel.controller.chains import Chains
 from ipkernel.controller.dispatch import Dispatcher
 from ipkernel.controller.failures import RecentFailures
 from ipkernel.controller.scheduler.machine import Scheduler
-from ipkernel.controller.store import ITaskStore, MemoryStore, TaskRecord, close_held
+from ipkernel.controller.store import FINISHED_STATES, ITaskStore, MemoryStore, TaskRecord
 from ipkernel.controller.submission import parse_task
 from ipkernel.controller.throughput import Throughput
 from ipkernel.controller.waiters import Waiters
@@ -52,6 +56,9 @@ class TaskController:
         subclass) with no tasks or engines yet; its slots per engine follow the batch
         size (:attr:`sizer`).
     :param now: the wall clock for records' timestamps.
+    :param max_age: if given, finished records are removed (with their results) once
+        they are older than this many seconds (checked every ``max_age / 2`` seconds,
+        at most a minute apart).
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class TaskController:
         store: ITaskStore | None = None,
         scheduler: Scheduler | None = None,
         now: Callable[[], float] = time.time,
+        max_age: float | None = None,
     ) -> None:
         self.store: ITaskStore = store if store is not None else MemoryStore()
         self.scheduler = scheduler if scheduler is not None else Scheduler()
@@ -84,6 +92,13 @@ class TaskController:
         for record in self.store.unfinished():
             self._restart(record)
         self._dispatcher.flush()
+        self._expiry: LoopingCall | None = None
+        if max_age is not None:
+            if not max_age > 0:
+                raise ValueError(f"max_age must be a positive number of seconds, not {max_age}")
+            self._expiry = LoopingCall(self.remove_older, max_age)
+            self._expiry.clock = clock
+            self._expiry.start(min(max_age / 2, 60.0), now=False)
 
     # -- ITaskController -----------------------------------------------------------------
 
@@ -93,6 +108,26 @@ class TaskController:
         :raises ValueError: if ``count`` is less than 1.
         """
         return self.store.reserve_ids(count)
+
+    def reclaim_ids(self, first: int, count: int) -> None:
+        """Check that the ``count`` ids from ``first`` were handed out by
+        :meth:`reserve_ids` (before a restart, maybe), so that a client that reserved
+        them may submit under them again.
+
+        :raises ValueError: if some of them were never handed out.
+        """
+        if first < 0 or count < 1 or first + count > self.store.next_id:
+            raise ValueError(
+                f"task ids {first} to {first + count - 1} were never reserved here (the "
+                "controller restarted without the task store that reserved them, --db)"
+            )
+
+    def committed(self, now: bool = False) -> Deferred:
+        """Fires with ``None`` once the store keeps every change made so far (tasks
+        submitted, outcomes): at once for the in-memory store; for one on disk, when it
+        next writes them (``now``: at the end of this reactor turn), so that tasks
+        submitted in a burst, and finished soon after, are written together."""
+        return self.store.committed(now)
 
     def run(self, task: object, taskid: int | None = None) -> int:
         """Submit ``task`` (wire form, see :func:`~ipkernel.controller.submission.parse_task`);
@@ -131,10 +166,10 @@ class TaskController:
         """
         record = self._record(taskid)
         if record.finished:
-            return succeed(record.to_wire())
+            return self._kept(record.to_wire())
         if not block:
             return succeed(None)
-        return self._waiters.wait(taskid).addCallback(TaskRecord.to_wire)
+        return self._waiters.wait(taskid).addCallback(lambda r: self._kept(r.to_wire()))
 
     def get_task_results(self, taskids: Sequence[int], block: bool = False) -> Deferred:
         """Like :meth:`get_task_result` for several ids: fire with a list, in order.
@@ -144,20 +179,19 @@ class TaskController:
         """
         records = [self._record(taskid) for taskid in taskids]
         if not block:
-            return succeed([r.to_wire() if r.finished else None for r in records])
+            return self._kept([r.to_wire() if r.finished else None for r in records])
         # The records are the objects that get finished, so they are current once the
         # wait is over.
-        d = self._wait_for([r.taskid for r in records])
-        return d.addCallback(lambda _: [r.to_wire() for r in records])
+        d = self._wait_for(records)
+        return d.addCallback(lambda _: self._kept([r.to_wire() for r in records]))
 
     def barrier(self, taskids: Sequence[int]) -> Deferred:
         """Fire with ``None`` once every task in ``taskids`` is finished.
 
         Raises ``IndexError`` naming the first unknown id.
         """
-        for taskid in taskids:
-            self._record(taskid)
-        return self._wait_for(list(taskids)).addCallback(lambda _: None)
+        unfinished = {taskid for taskid in taskids if not self._is_finished(taskid)}
+        return self._waiters.wait_all(unfinished).addCallback(lambda _: self._kept(None))
 
     def abort(self, taskid: int) -> None:
         """Cancel task ``taskid``: queued, or running (its engine is interrupted).
@@ -189,13 +223,22 @@ class TaskController:
 
     def clear(self) -> None:
         """Forget the records of finished tasks (their results can no longer be fetched)."""
-        for state in ("succeeded", "failed"):
-            for taskid in self.store.ids(state):
-                record = self.store.get(taskid)
-                if record is not None and record.outcome is not None:
-                    close_held(record.outcome[1])
         self.store.remove_finished()
         self.scheduler.forget_finished()
+
+    def remove_older(self, max_age: float) -> list[int]:
+        """Forget the records of tasks finished more than ``max_age`` seconds ago; return
+        their ids."""
+        gone = self.store.remove_finished(before=self._now() - max_age)
+        if gone:
+            self.scheduler.forget_finished()
+        return gone
+
+    def close(self) -> None:
+        """Stop removing old records and close the store (at the controller's stop)."""
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        self.store.close()
 
     def engine_count(self) -> int:
         """How many engines can take tasks now (for clients sizing a ``map``'s chunks)."""
@@ -235,10 +278,11 @@ class TaskController:
             taskid = self.store.reserve_ids(1)
         elif not isinstance(taskid, int) or isinstance(taskid, bool) or taskid < 0:
             raise ValueError(f"task ids are ints of at least 0, not {taskid!r}")
-        elif self._chains.get(taskid) is not None or self.store.get(taskid) is not None:
-            raise ValueError(f"task id {taskid} is already in use")
         record = TaskRecord(taskid, chain, submitted=self._now())
-        self.store.add(record)
+        try:
+            self.store.add(record)
+        except ValueError:
+            raise ValueError(f"task id {taskid} is already in use") from None
         self._dispatcher.start(record)
         return taskid
 
@@ -260,6 +304,22 @@ class TaskController:
                 return record
         raise IndexError(f"no task with id {taskid!r}")
 
-    def _wait_for(self, taskids: list[int]) -> Deferred:
-        """Fire with ``None`` once all of ``taskids`` (known ids) are finished."""
-        return self._waiters.wait_all({t for t in taskids if not self._record(t).finished})
+    def _is_finished(self, taskid: object) -> bool:
+        """Whether task ``taskid`` is finished (``IndexError`` for an unknown id), without
+        reading its record."""
+        if isinstance(taskid, int) and not isinstance(taskid, bool):
+            if self._chains.get(taskid) is not None:
+                return False
+            state = self.store.state(taskid)
+            if state is not None:
+                return state in FINISHED_STATES
+        raise IndexError(f"no task with id {taskid!r}")
+
+    def _kept(self, answer: Any) -> Deferred:
+        """Fire with ``answer`` once the store keeps what it says, written at the end of
+        this reactor turn (a client waits for it)."""
+        return self.store.committed(now=True).addCallback(lambda _: answer)
+
+    def _wait_for(self, records: list[TaskRecord]) -> Deferred:
+        """Fire with ``None`` once all of ``records`` are finished."""
+        return self._waiters.wait_all({r.taskid for r in records if not r.finished})

@@ -24,6 +24,16 @@ class ITaskController(Interface):
         Raises ``ValueError`` if ``count`` is less than 1.
         """
 
+    def reclaim_ids(first, count):
+        """Check that the ``count`` ids from ``first`` were handed out by ``reserve_ids``
+        (maybe before a restart), for a client to submit under them again; ``ValueError``
+        if some never were."""
+
+    def committed(now=False):
+        """Return a Deferred that fires with ``None`` once the task store keeps every
+        change made so far (tasks accepted, outcomes); with ``now``, the store writes
+        them at once rather than when it next would."""
+
     def run(task, taskid=None):
         """Submit ``task``; return its integer id at once (not a Deferred).
 

@@ -3,10 +3,16 @@
 Used by engines and clients alike. :func:`login` fires with the role's avatar (a PB
 ``RemoteReference``) or errbacks with an error that says what to do:
 :class:`~ipkernel.errors.ControllerUnreachable` (address and port),
-:class:`~ipkernel.errors.StaleKeyFile` (wrong certificate or secret).
+:class:`~ipkernel.errors.StaleKeyFile` (wrong certificate or secret). :func:`relogin`
+gives, for an avatar, the way to log in again as it did: after a controller restart
+(``--reuse-keys``) the same key file opens the same role.
 """
 
 from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, TimeoutError
@@ -18,6 +24,33 @@ from ipkernel.security import KeyFile
 from ipkernel.wire.broker import ClientFactory
 from ipkernel.wire.errors import exception_from_failure
 from ipkernel.wire.tls import connect_tls
+
+
+@dataclass(frozen=True)
+class Relogin:
+    """How an avatar was had: calling it logs in again the same way (a new avatar)."""
+
+    reactor: Any
+    keyfile: KeyFile
+    source: str
+    timeout: float
+
+    def __call__(self) -> Deferred:
+        """Log in again; as :func:`login`."""
+        return login(self.reactor, self.keyfile, source=self.source, timeout=self.timeout)
+
+
+# The way each logged-in connection was made, for relogin().
+_logins: weakref.WeakKeyDictionary[pb.Broker, Relogin] = weakref.WeakKeyDictionary()
+
+
+def relogin(avatar: pb.RemoteReference) -> Relogin | None:
+    """The way to log in again as ``avatar`` was (``None`` for an avatar :func:`login`
+    did not make, such as one over an in-memory connection)."""
+    try:
+        return _logins.get(avatar.broker)
+    except TypeError:  # a stand-in broker that cannot be weakly referenced
+        return None
 
 
 def login(
@@ -51,6 +84,7 @@ def login(
         raise_limits = getattr(avatar.broker, "raise_limits", None)
         if raise_limits is not None:
             raise_limits()
+        _logins[avatar.broker] = Relogin(reactor, keyfile, source, timeout)
         return avatar
 
     def failed(failure: Failure) -> Failure:

@@ -4,7 +4,7 @@ A MultiEngine payload passes through the controller, relayed chunk by chunk to t
 engine or client it is meant for. A task's payloads cannot: its body waits in the queue
 until an engine is free and is sent again if the attempt fails and is retried; its
 result waits until a client fetches it, possibly more than once. So the controller keeps
-them, as a :class:`KeptPayload`, in one of two forms:
+them, as a :class:`KeptPayload`, in one of three forms:
 
 bytes
     a stream received whole into buffers of the controller (see :func:`keep`): only the
@@ -16,15 +16,24 @@ segment
     bytes stay out of the controller's memory and the sender may exit. Each use hands a
     receiver on this host a handle naming the controller's descriptor; a receiver
     elsewhere gets the bytes streamed from a read-only mapping.
+file
+    either of the above moved to a file by the task store
+    (:meth:`KeptPayload.move_to`: past the controller's memory budget, or always with
+    ``--db``), or a file of an earlier run opened again (:func:`open_kept`). The file
+    holds a small head (a magic string and the header's length), the header and the
+    parts; each use streams the parts from a read-only mapping of the file.
 
-:meth:`KeptPayload.close` lets go (frees the buffers, closes the descriptor); the task
-controller closes a body once its task is finished and a result when ``clear()`` forgets
-it.
+:meth:`KeptPayload.close` lets go (frees the buffers, closes the descriptor, deletes a
+file it owns); the task controller closes a body once its task is finished and a result
+when ``clear()`` forgets it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
+import struct
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -38,7 +47,11 @@ from ipkernel.wire.outgoing import OutgoingPayload
 from ipkernel.wire.relay import RelayedPayload
 from ipkernel.wire.shared import SharedPayload
 
-__all__ = ["KeptPayload", "keep", "keepable"]
+__all__ = ["KeptPayload", "keep", "keepable", "open_kept"]
+
+# The head of a payload file: a magic string and the length of the header after it.
+_FILE_HEAD = struct.Struct("<8sQ")
+_FILE_MAGIC = b"IPKKEPT1"
 
 
 def keepable(value: object) -> bool:
@@ -75,6 +88,8 @@ class KeptPayload:
         nbytes: int,
         parts: list[Any] | None = None,
         segment: tuple[list[int], str, int, list[int]] | None = None,
+        path: str | None = None,
+        owns_file: bool = False,
     ) -> None:
         self.header = header
         #: The payload's size in bytes (its parts, header excluded).
@@ -83,6 +98,9 @@ class KeptPayload:
         # (descriptors of its pieces, token, size, offsets) of an adopted segment.
         self._segment = segment
         self._mapped: list[Any] | None = None
+        #: The file it is kept in, or ``None`` (see :meth:`move_to`).
+        self.path = path
+        self._owns_file = owns_file
         self.closed = False
 
     @property
@@ -100,6 +118,8 @@ class KeptPayload:
         """
         if self.closed:
             raise TransferError("the payload is no longer held (its task record was cleared)")
+        if self.path is not None:
+            return OutgoingPayload(Serialized.from_parts(self.header, self._file_parts()))
         segment = self._segment
         if segment is not None:
             if share:
@@ -108,8 +128,41 @@ class KeptPayload:
         assert self._parts is not None
         return OutgoingPayload(Serialized.from_parts(self.header, self._parts))
 
+    def move_to(self, path: str, *, owns_file: bool) -> None:
+        """Write the payload to a new file at ``path`` (mode 0600) and let go of its
+        buffers or segment; later sends read the file. With ``owns_file``,
+        :meth:`close` deletes the file. Nothing to do for a payload in a file already.
+
+        :raises OSError: if the file cannot be written (then nothing changes).
+        """
+        if self.closed:
+            raise OSError(f"cannot move a payload that was closed to {path}")
+        if self.path is not None:
+            return
+        parts = self._parts if self._segment is None else self._mapped_parts()
+        assert parts is not None
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with open(fd, "wb") as out:
+                out.write(_FILE_HEAD.pack(_FILE_MAGIC, len(self.header)))
+                out.write(self.header)
+                for part in parts:
+                    out.write(part)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        self.path = path
+        self._owns_file = owns_file
+        self._parts = None
+        self._mapped = None
+        segment, self._segment = self._segment, None
+        if segment is not None:
+            shm.close_segment(segment[0], segment[2])
+
     def close(self) -> None:
-        """Let go of the bytes or the segment (streams already started keep their views)."""
+        """Let go of the bytes, the segment or the file it owns (streams already started
+        keep their views)."""
         if self.closed:
             return
         self.closed = True
@@ -118,6 +171,9 @@ class KeptPayload:
         segment, self._segment = self._segment, None
         if segment is not None:
             shm.close_segment(segment[0], segment[2])
+        if self.path is not None and self._owns_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
     def __del__(self) -> None:
         segment = getattr(self, "_segment", None)
@@ -145,6 +201,44 @@ class KeptPayload:
             lengths = read_header(self.header)
             self._mapped = shm.map_parts(self._own_handle(), self._segment[3], lengths)
         return self._mapped
+
+    def _file_parts(self) -> list[memoryview]:
+        """The parts, as views of a read-only mapping of the file (kept alive by them)."""
+        assert self.path is not None
+        try:
+            with open(self.path, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:
+            raise TransferError(f"the payload's file {self.path} cannot be read: {exc}") from None
+        view = memoryview(mapped)
+        offset = _FILE_HEAD.size + len(self.header)
+        parts = []
+        for length in read_header(self.header):
+            parts.append(view[offset : offset + length])
+            offset += length
+        return parts
+
+
+def open_kept(path: str) -> KeptPayload:
+    """The payload in the file at ``path`` (written by :meth:`KeptPayload.move_to`, by
+    this run or an earlier one); the file is not its to delete.
+
+    :raises OSError: if the file is missing, unreadable, cut short or not a payload file.
+    """
+    with open(path, "rb") as f:
+        head = f.read(_FILE_HEAD.size)
+        if len(head) != _FILE_HEAD.size:
+            raise OSError(f"{path} is not a payload file (too short)")
+        magic, header_size = _FILE_HEAD.unpack(head)
+        header = f.read(header_size) if magic == _FILE_MAGIC and header_size < 1 << 30 else b""
+        try:
+            lengths = read_header(header)
+        except SerializationError as exc:
+            raise OSError(f"{path} is not a payload file ({exc})") from None
+        size = os.fstat(f.fileno()).st_size
+    if size != _FILE_HEAD.size + header_size + sum(lengths):
+        raise OSError(f"the payload file {path} is cut short")
+    return KeptPayload(header, sum(lengths), path=path, owns_file=False)
 
 
 def _adopt(payload: SharedPayload) -> KeptPayload:

@@ -134,6 +134,7 @@ class StartOptions(CommandOptions, tap.Options):
         return [("Options", own), ("Controller options", controller)]
 
     def postOptions(self) -> None:  # noqa: N802 - Twisted's name
+        super().postOptions()  # the controller options' own checks
         launcher = LAUNCHERS.get(self["launcher"])
         if launcher is None:
             raise usage.UsageError(
