@@ -6,6 +6,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from ipkernel.controller.registry import EngineRegistry
 from ipkernel.controller.service import ControllerService
 from ipkernel.errors import InvalidEngineID, NoEnginesRegistered
 from ipkernel.interfaces import IEngine, IMultiEngine
@@ -45,6 +46,24 @@ class RegistryTests(ServiceMixin, SynchronousTestCase):
         self.assertEqual(self.service.register_engine(FakeEngine(), requested_id=5), 5)
         self.assertEqual(self.service.register_engine(FakeEngine(), requested_id=5), 6)
         self.assertEqual(self.service.register_engine(FakeEngine()), 7)
+
+    def test_registry_keeps_its_high_mark(self):
+        """The registry starts at first_id and reports each new first id never given out
+        before it gives one; an id below the mark changes nothing; a report that fails
+        refuses the registration."""
+        kept: list[int] = []
+        registry = EngineRegistry(first_id=4, on_new_id=kept.append)
+        self.assertEqual(registry.register(FakeEngine()), 4)
+        self.assertEqual(registry.register(FakeEngine(), requested_id=1), 1)
+        self.assertEqual(registry.register(FakeEngine(), requested_id=9), 9)
+        self.assertEqual(kept, [5, 10])
+
+        def refuse(next_id: int) -> None:
+            raise OSError("disk full")
+
+        registry = EngineRegistry(on_new_id=refuse)
+        self.assertRaises(OSError, registry.register, FakeEngine())
+        self.assertEqual(registry.ids(), [])
 
     def test_listeners_hear_of_engines_with_their_queues(self):
         """Arrivals are told once the engine's queue exists; departures once its queue is

@@ -69,8 +69,8 @@ class ControllerRestartTests(TestCase):
         completes; the engines come back by themselves under their ids, namespaces
         kept; the old Task client's next call works; a MultiEngine call in flight fails
         with ControllerRestarted and the old MultiEngine client's next call works; a
-        blocking get_task_result waiting in another process returns; new ids follow the
-        old ones."""
+        blocking get_task_result waiting in another process returns, and that process's
+        blocking MultiEngine client's next call works; new ids follow the old ones."""
         db = Path(self.mktemp()).absolute() / "tasks.db"
         db.parent.mkdir(parents=True)
         cluster = Cluster(self, n=2, controller_args=("--db", str(db)))
@@ -102,8 +102,11 @@ class ControllerRestartTests(TestCase):
             from ipkernel import client
             tc = client.TaskClient()
             tc.queue_status()
+            mec = client.MultiEngineClient()
+            mec.get_ids()
             print("ready", flush=True)
             print("result", tc.get_task_result({queued[-1]}, block=True).result, flush=True)
+            print("next mec call", type(mec.get_ids()).__name__, flush=True)
             """,
             output,
         )
@@ -132,6 +135,7 @@ class ControllerRestartTests(TestCase):
         yield poll(lambda: child.poll() is not None, "child to finish")
         self.assertEqual(child.returncode, 0, output.read_text())
         self.assertIn("result 32", output.read_text())
+        self.assertIn("next mec call list", output.read_text())
 
         yield cluster.wait_for_engines(mec, 2)  # the old client's next calls log in again
         self.assertEqual((yield mec.get_ids()), [0, 1])
@@ -140,6 +144,42 @@ class ControllerRestartTests(TestCase):
         new = yield tc.run(StringTask("a = 'new'", pull="a"))
         self.assertNotIn(new, [*finished, *running, *queued, large])
         self.assertEqual((yield tc2.get_task_result(new, block=True)).ns.a, "new")
+
+
+    @inlineCallbacks
+    def test_engine_ids_outlive_the_controller(self):
+        """A controller restarted with --reuse-keys --db gives a new engine an id past
+        every id of its earlier run: an engine that died before the restart leaves its id
+        unused, and the engine that reconnects keeps its own."""
+        db = Path(self.mktemp()).absolute() / "tasks.db"
+        db.parent.mkdir(parents=True)
+        cluster = Cluster(self, n=0, controller_args=("--db", str(db)))
+        cluster.start_controller()
+        mec = yield cluster.connect()
+        cluster.start_engine()
+        yield cluster.wait_for_engines(mec, 1)
+        second = cluster.start_engine()
+        yield cluster.wait_for_engines(mec, 2)
+        second.kill()
+        yield poll(lambda: second.poll() is not None, "engine 1 to die")
+        yield poll_ids(mec, [0])
+        os.kill(cluster.controller.pid, signal.SIGKILL)
+        yield poll(lambda: cluster.controller.poll() is not None, "controller to die")
+        cluster.start_controller("--reuse-keys")
+        mec = yield cluster.connect()
+        yield poll_ids(mec, [0])
+        cluster.start_engine()
+        yield poll_ids(mec, [0, 2])
+
+
+@inlineCallbacks
+def poll_ids(mec, ids: list[int]):
+    """Fire once the engines registered are ``ids``."""
+    deadline = time.monotonic() + 30
+    while (yield mec.get_ids()) != ids:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"engines {(yield mec.get_ids())}, not {ids}")
+        yield deferLater(reactor, 0.05, lambda: None)
 
 
 class TaskPayloadTests(TestCase):

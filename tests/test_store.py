@@ -86,6 +86,13 @@ class StoreBehaviour:
         self.assertEqual(store.next_id, 12)
         self.assertRaises(ValueError, store.reserve_ids, 0)
 
+    def test_next_engine_id_is_kept(self):
+        """next_engine_id starts at 0 and reads back what was last kept."""
+        store = self.make_store()
+        self.assertEqual(store.next_engine_id, 0)
+        store.keep_next_engine_id(3)
+        self.assertEqual(store.next_engine_id, 3)
+
     def test_records_are_filed_by_state(self):
         """save() re-files a record whose state changed; queries follow; finished ones go."""
         store = self.make_store()
@@ -235,6 +242,17 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         self.assertEqual([again.count(s) for s in ("pending", "succeeded")], [1, 1])
         # Ids reserved before the restart are never handed out again.
         self.assertEqual(again.reserve_ids(1), first + 4)
+
+    def test_engine_ids_continue_after_a_restart(self):
+        """A controller restarted from the store gives new engines ids past every id of
+        the earlier run, and an engine asking for its old id gets it."""
+        service = ControllerService(clock=self.clock, store=self.make_store())
+        ids = [service.register_engine(FakeEngine()) for _ in range(3)]
+        self.assertEqual(ids, [0, 1, 2])
+        restarted = ControllerService(clock=self.clock, store=self.reopen(service.tasks.store))
+        self.assertEqual(restarted.register_engine(FakeEngine()), 3)
+        self.assertEqual(restarted.register_engine(FakeEngine(), requested_id=1), 1)
+        self.assertEqual(restarted.register_engine(FakeEngine()), 4)
 
     def test_changes_not_committed_are_lost_at_a_crash(self):
         """Changes are batched: until the next write, a crash loses them (which is why

@@ -3,10 +3,14 @@
 Ids are integers from 0 and are never handed to a second engine while the first holds
 them. An engine may ask for an id (its MPI rank, or its old id when it reconnects) and
 gets it if no connected engine holds it; otherwise, and when it asks for nothing, it gets
-the next id never given out before.
+the next id never given out before. A controller restarted from its task store starts
+past the ids of its earlier runs (``first_id``), and keeps each new high mark
+(``on_new_id``), so that an engine that reconnects late still finds its old id free.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from zope.interface.verify import verifyObject
 
@@ -16,11 +20,19 @@ from ipkernel.interfaces.multiengine import check_targets
 
 
 class EngineRegistry:
-    """Engines by id."""
+    """Engines by id.
 
-    def __init__(self) -> None:
+    :param first_id: the first id to give an engine that asks for none.
+    :param on_new_id: called with the new first id never given out, before an engine is
+        given an id at or past the old one (an exception refuses the registration).
+    """
+
+    def __init__(
+        self, first_id: int = 0, on_new_id: Callable[[int], None] | None = None
+    ) -> None:
         self._engines: dict[int, IEngine] = {}
-        self._next_id = 0
+        self._next_id = first_id
+        self._on_new_id = on_new_id
 
     def register(self, engine: IEngine, requested_id: int | None = None) -> int:
         """Add ``engine``, set ``engine.id`` and return it.
@@ -40,7 +52,10 @@ class EngineRegistry:
             while self._next_id in self._engines:
                 self._next_id += 1
             engine_id = self._next_id
-        self._next_id = max(self._next_id, engine_id + 1)
+        if engine_id >= self._next_id:
+            if self._on_new_id is not None:
+                self._on_new_id(engine_id + 1)
+            self._next_id = engine_id + 1
         engine.id = engine_id
         self._engines[engine_id] = engine
         return engine_id

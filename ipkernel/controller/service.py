@@ -19,7 +19,7 @@ from ipkernel.controller.engine_status import engine_status
 from ipkernel.controller.multiengine import MultiEngine
 from ipkernel.controller.queue import EngineQueue
 from ipkernel.controller.registry import EngineRegistry
-from ipkernel.controller.store import ITaskStore
+from ipkernel.controller.store import ITaskStore, MemoryStore
 from ipkernel.controller.tasks import TaskController
 from ipkernel.interfaces.engine import IEngine
 
@@ -52,7 +52,8 @@ class ControllerService(MultiService):
         task_max_age: float | None = None,
     ) -> None:
         super().__init__()
-        self.registry = EngineRegistry()
+        store = store if store is not None else MemoryStore()
+        self.registry = EngineRegistry(store.next_engine_id, store.keep_next_engine_id)
         self.queues: dict[int, EngineQueue] = {}
         self._on_stop_requested = on_stop_requested
         self._now = now

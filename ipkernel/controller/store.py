@@ -211,8 +211,17 @@ class ITaskStore(Interface):
     def close():
         """Write what is pending and let go of files; the store is not used afterwards."""
 
+    def keep_next_engine_id(value):
+        """Remember ``value`` as :attr:`next_engine_id` (a persistent store writes it
+        before it returns; ``sqlite3.Error`` if it cannot)."""
+
     size = Attribute("The number of records held.")
     next_id = Attribute("The first id never handed out: every id below it was reserved.")
+    next_engine_id = Attribute(
+        "The first engine id the engine registry never gave out, as last kept: a "
+        "restarted controller gives new engines ids past every engine of its earlier "
+        "runs, so that an engine reconnecting late still finds its id free."
+    )
 
 
 def body_name(taskid: int, link: int) -> str:
@@ -241,6 +250,7 @@ class MemoryStore:
         self._filed: dict[int, str] = {}
         self._by_state: dict[str, set[int]] = {state: set() for state in STATES}
         self._next_id = 0
+        self._next_engine_id = 0
         self._shelf = shelf
 
     @property
@@ -250,6 +260,13 @@ class MemoryStore:
     @property
     def next_id(self) -> int:
         return self._next_id
+
+    @property
+    def next_engine_id(self) -> int:
+        return self._next_engine_id
+
+    def keep_next_engine_id(self, value: int) -> None:
+        self._next_engine_id = value
 
     def reserve_ids(self, count: int) -> int:
         if count < 1:

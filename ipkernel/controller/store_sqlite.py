@@ -3,9 +3,11 @@
 One table holds one row per task: its chain of specs (frames as a BLOB), state, link,
 times, engine, attempts, duration and outcome (result frames as a BLOB, or the error's
 type and message); another holds the next task id, so that ids are never handed out
-twice, restarts included. Large bodies and results are files beside the database
-(:class:`~ipkernel.controller.store_payloads.PayloadShelf`), named in the rows. Rows are
-packed with :mod:`~ipkernel.controller.store_codec`; nothing is ever unpickled.
+twice, restarts included, and the next engine id (see
+:attr:`~ipkernel.controller.store.ITaskStore.next_engine_id`). Large bodies and results
+are files beside the database (:class:`~ipkernel.controller.store_payloads.PayloadShelf`),
+named in the rows. Rows are packed with :mod:`~ipkernel.controller.store_codec`; nothing
+is ever unpickled.
 
 The controller is the database's one writer (SQLite's exclusive locking mode: a second
 controller on the same file is refused) and writes in the reactor thread, so writes are
@@ -144,12 +146,20 @@ class SQLiteStore:
     def next_id(self) -> int:
         return self._next_id
 
+    @property
+    def next_engine_id(self) -> int:
+        return self._next_engine_id
+
+    def keep_next_engine_id(self, value: int) -> None:
+        self.writes.write_meta("next_engine_id", value)
+        self._next_engine_id = value
+
     def reserve_ids(self, count: int) -> int:
         if count < 1:
             raise ValueError(f"cannot reserve {count} ids")
         first = self._next_id
         # Kept before the ids are handed out: after a crash they must not be again.
-        self.writes.write_next_id(first + count)
+        self.writes.write_meta("next_id", first + count)
         self._next_id = first + count
         return first
 
@@ -158,7 +168,7 @@ class SQLiteStore:
         if taskid in self._live or self._exists(taskid):
             raise ValueError(f"task {taskid} already exists")
         if taskid >= self._next_id:
-            self.writes.write_next_id(taskid + 1)
+            self.writes.write_meta("next_id", taskid + 1)
             self._next_id = taskid + 1
         for link, spec in enumerate(record.chain):
             if is_held(spec.body):
@@ -316,9 +326,10 @@ class SQLiteStore:
         """Read the next id, the counts and the unfinished records; delete payload files
         no row names (written by a run that crashed before committing them)."""
         db = self._db
-        row = db.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         top = db.execute("SELECT MAX(taskid) FROM tasks").fetchone()[0]
-        self._next_id = max(row[0] if row else 0, -1 if top is None else top + 1)
+        self._next_id = max(meta.get("next_id", 0), -1 if top is None else top + 1)
+        self._next_engine_id = meta.get("next_engine_id", 0)
         for state, count in db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state"):
             if state not in self._counts:
                 raise StoreUnavailable(f"{self.path} holds a task in an unknown state {state!r}")

@@ -13,8 +13,8 @@ task only once the task's row is written (:meth:`~BatchedWrites.committed`), and
 sends again, after a restart, the tasks it was not told about. Whoever cannot wait asks
 for everything to be written at the end of the reactor turn (``committed(now=True)``).
 
-The next task id is written at once, in a transaction of its own
-(:meth:`~BatchedWrites.write_next_id`): ids must never be handed out twice.
+The next task id (and the next engine id) is written at once, in a transaction of its
+own (:meth:`~BatchedWrites.write_meta`): ids must never be handed out twice.
 """
 
 from __future__ import annotations
@@ -135,14 +135,15 @@ class BatchedWrites:
     def _small(self) -> bool:
         return len(self._young) + len(self._inserts) + len(self._updates) <= self.max_rows
 
-    def write_next_id(self, next_id: int) -> None:
-        """Write the next task id now, in a transaction of its own.
+    def write_meta(self, key: str, value: int) -> None:
+        """Write ``value`` under ``key`` (``next_id``, ``next_engine_id``) now, in a
+        transaction of its own.
 
         :raises sqlite3.Error: if it cannot be written (then no id may be handed out).
         """
         self._transaction(
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_id', ?)", (next_id,)
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
             )
         )
 
