@@ -18,10 +18,19 @@
   ``progress_cost_pct``: how much slower that is than ``tasks_per_s``, from their
   medians. The runs with and without the bar alternate, each going first in turn.
 
+With ``--db``, a second cluster runs beside the first, its controller keeping task
+records in SQLite (``ipcontroller --db``), and runs of ``--tasks`` no-op ``MapTask``s
+alternate between the two (each going first in turn): ``db_memory_tasks_per_s`` and
+``db_tasks_per_s`` are their medians, ``db_ratio`` the median over the pairs of runs next
+to each other of SQLite over memory (target: at least 0.8); ``db_map_ratio`` the same for
+``tc.map``; ``db_writes``, ``db_rows``, ``db_write_s`` (seconds writing, in the reactor
+thread) and ``db_write_max_ms`` (the longest write) are the store's, from the line its
+controller logs when it stops.
+
 The script starts ``ipcontroller`` and 2 ``ipengine`` processes in a temporary
-``IPKERNEL_DIR`` and stops them (by PID) at the end. Options: ``--engines N``,
-``--tasks N``, ``--round-trips N``, ``--repeat N`` (the median of that many runs of each
-throughput figure is reported), ``--page-tasks N``.
+``IPKERNEL_DIR`` (two such clusters with ``--db``) and stops them (by PID) at the end.
+Options: ``--engines N``, ``--tasks N``, ``--round-trips N``, ``--repeat N`` (the median
+of that many runs of each throughput figure is reported), ``--page-tasks N``, ``--db``.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import struct
@@ -51,10 +61,13 @@ def noop(*args):
     return None
 
 
-def start_cluster(directory: Path, engines: int) -> list[subprocess.Popen]:
+def start_cluster(directory: Path, engines: int, db: Path | None = None) -> list[subprocess.Popen]:
     env = dict(os.environ, IPKERNEL_DIR=str(directory))
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
-    procs = [subprocess.Popen([sys.executable, "-m", "ipkernel.cli.ipcontroller"], **quiet)]
+    argv = [sys.executable, "-m", "ipkernel.cli.ipcontroller"]
+    if db is not None:
+        argv += ["--db", str(db)]
+    procs = [subprocess.Popen(argv, **quiet)]
     furl = directory / "security" / "ipcontroller-tc.furl"
     deadline = time.monotonic() + 30
     while not furl.exists():
@@ -276,6 +289,78 @@ def measure(
     }
 
 
+def wait_for_engines(mec, engines: int) -> None:
+    deadline = time.monotonic() + 30
+    while len(mec.get_ids()) < engines:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the engines did not register")
+        time.sleep(0.02)
+
+
+def map_rate(tc, items: int) -> float:
+    start = time.perf_counter()
+    result = tc.map(noop, range(items))
+    rate = items / (time.perf_counter() - start)
+    assert result == [None] * items
+    tc.clear()
+    return rate
+
+
+def measure_db(memory_dir: Path, db_dir: Path, engines: int, tasks: int, repeat: int) -> dict:
+    """Task throughput with the in-memory store and with SQLite, runs alternating between
+    the two clusters (both running throughout)."""
+    from ipkernel import client
+
+    clients = {}
+    for name, directory in (("memory", memory_dir), ("db", db_dir)):
+        security = directory / "security"
+        mec = client.MultiEngineClient(security / "ipcontroller-mec.furl")
+        wait_for_engines(mec, engines)
+        mec.close()
+        tc = client.TaskClient(security / "ipcontroller-tc.furl")
+        tc.barrier([tc.run(client.MapTask(noop)) for _ in range(200)])  # warm up
+        tc.clear()
+        clients[name] = tc
+    rates: dict[str, list[float]] = {"memory": [], "db": []}
+    maps: dict[str, list[float]] = {"memory": [], "db": []}
+    for i in range(repeat):
+        for name in ("memory", "db") if i % 2 == 0 else ("db", "memory"):
+            rates[name].append(task_run(clients[name], tasks, False)[0])
+            maps[name].append(map_rate(clients[name], tasks))
+    for tc in clients.values():
+        tc.close()
+
+    def ratio(runs: dict[str, list[float]]) -> float:
+        # Each pair ran back to back, under much the same load from elsewhere.
+        pairs = zip(runs["db"], runs["memory"], strict=True)
+        return round(statistics.median(d / m for d, m in pairs), 3)
+
+    return {
+        "db_memory_tasks_per_s": round(statistics.median(rates["memory"])),
+        "db_tasks_per_s": round(statistics.median(rates["db"])),
+        "db_ratio": ratio(rates),
+        "db_map_ratio": ratio(maps),
+    }
+
+
+_STORE_LINE = re.compile(r"(\d+) writes of (\d+) rows, ([\d.]+) s in all, longest ([\d.]+) ms")
+
+
+def store_writes(directory: Path) -> dict:
+    """The task store's writes, from the line its controller logs when it stops."""
+    for log in (directory / "log").glob("ipcontroller-*.log"):
+        found = _STORE_LINE.search(log.read_text())
+        if found:
+            writes, rows, seconds, longest = found.groups()
+            return {
+                "db_writes": int(writes),
+                "db_rows": int(rows),
+                "db_write_s": float(seconds),
+                "db_write_max_ms": float(longest),
+            }
+    return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", type=int, default=2)
@@ -283,10 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-trips", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--page-tasks", type=int, default=30_000)
+    parser.add_argument("--db", action="store_true", help="also compare with the SQLite task store")
     args = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="ipkernel-bench-"))
+    db_dir = Path(tempfile.mkdtemp(prefix="ipkernel-bench-db-")) if args.db else None
     os.environ["IPKERNEL_DIR"] = str(directory)
     procs = start_cluster(directory, args.engines)
+    db_procs = start_cluster(db_dir, args.engines, db_dir / "tasks.db") if db_dir else []
     try:
         url_file = directory / "security" / "ipcontroller-web.url"
         figures = measure(
@@ -298,9 +386,15 @@ def main(argv: list[str] | None = None) -> int:
             url_file,
             procs[0].pid,
         )
+        if db_dir is not None:
+            figures.update(measure_db(directory, db_dir, args.engines, args.tasks, args.repeat))
     finally:
-        stop_cluster(procs)
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_cluster([*procs, *db_procs])
+        writes = store_writes(db_dir) if db_dir is not None else {}
+        for path in (directory, db_dir):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+    figures.update(writes)
     print(json.dumps(figures))
     return 0
 
