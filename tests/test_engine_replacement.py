@@ -64,8 +64,8 @@ class RestartPolicyTests(SynchronousTestCase):
         self.assertFalse(died(ExitStatus()))
 
 
-class ClusterReplacementTests(SynchronousTestCase):
-    """ipcluster's ClusterSupervisor with a fake runner and clock, its engines made to end."""
+class FakeClusterCase(SynchronousTestCase):
+    """ipcluster's ClusterSupervisor with a fake runner and clock, its processes made to end."""
 
     def start(self, *args: str):
         base = Path(self.mktemp()).absolute()
@@ -94,6 +94,8 @@ class ClusterReplacementTests(SynchronousTestCase):
     def engines(self):
         return [child for role, _, child in self.runner.spawned if role == "engine"]
 
+
+class ClusterReplacementTests(FakeClusterCase):
     def test_crash_loop_stops_after_three_a_minute(self) -> None:
         """An engine slot whose engines keep crashing is refilled 3 times within a
         minute, then left empty (said in the log); the other slot is unaffected."""
@@ -151,6 +153,52 @@ class ClusterReplacementTests(SynchronousTestCase):
         forker.processEnded(Failure(ProcessDone(0)))
         self.assertEqual(len(self.runner.spawned), 3)
         self.assertNotIn("forkengines", self.err.getvalue())
+
+
+class ControllerRestartDecisionTests(FakeClusterCase):
+    """With --db, ipcluster starts a controller that died again (the fake runner's)."""
+
+    def controllers(self):
+        return [child for role, _, child in self.runner.spawned if role == "controller"]
+
+    def test_dead_controller_is_restarted_with_reuse_keys(self) -> None:
+        """A controller killed by a signal is started again with the same options plus
+        --reuse-keys; the pid file lists the new one; the cluster goes on, and says so
+        in its log and on stderr."""
+        base = Path(self.mktemp()).absolute()
+        cluster = self.start("-n", "1", "--exec-engines", "--db", str(base / "t.db"))
+        [old] = self.controllers()
+        old.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+        [_, new] = self.controllers()
+        argv = self.runner.spawned[-1][1]
+        self.assertEqual(argv[argv.index("--db") + 1], str(base / "t.db"))
+        self.assertIn("--reuse-keys", argv)
+        self.assertFalse(cluster.ended.called)
+        self.assertIn(("controller", new.pid), pidfile.read_pid_file(cluster.pid_file).children)
+        self.assertIn("was killed by SIGKILL; restarted as process", self.log.getvalue())
+        self.assertIn("restarted it from its task store", self.err.getvalue())
+
+    def test_controller_not_restarted(self) -> None:
+        """No restart without --db, nor for SIGTERM (a stop), nor with --no-restart, nor
+        a fourth time within a minute: the cluster ends, as without a task store."""
+        db = str(Path(self.mktemp()).absolute() / "t.db")
+        cases = [
+            ((), signal.SIGKILL, ""),
+            (("--db", db), signal.SIGTERM, ""),
+            (("--db", db, "--no-restart"), signal.SIGKILL, "not restarted (--no-restart)"),
+        ]
+        for args, signum, logged in cases:
+            cluster = self.start("-n", "1", "--exec-engines", *args)
+            self.controllers()[-1].processEnded(Failure(ProcessTerminated(signal=signum)))
+            self.assertTrue(cluster.ended.called, args)
+            self.assertEqual(len(self.controllers()), 1)
+            self.assertIn(logged, self.log.getvalue())
+        cluster = self.start("-n", "1", "--exec-engines", "--db", db)
+        for _ in range(4):
+            self.controllers()[-1].processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertEqual(len(self.controllers()), 4)
+        self.assertTrue(cluster.ended.called)
+        self.assertIn("already restarted 3 times in the last 60 s", self.log.getvalue())
 
 
 class NewEngineTests(TestCase):

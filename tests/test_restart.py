@@ -22,10 +22,12 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from ipkernel.cli.ipcluster import pidfile
 from ipkernel.client.task_types import MapTask, StringTask
 from ipkernel.controller.store_sqlite import payload_directory
 from ipkernel.errors import ControllerRestarted
 from tests.cluster import Cluster, poll, stop_process
+from tests.commands import CLIProcess
 from tests.test_tasks import task_client, wait_for_status
 
 MIB = 1 << 20
@@ -145,7 +147,6 @@ class ControllerRestartTests(TestCase):
         self.assertNotIn(new, [*finished, *running, *queued, large])
         self.assertEqual((yield tc2.get_task_result(new, block=True)).ns.a, "new")
 
-
     @inlineCallbacks
     def test_engine_ids_outlive_the_controller(self):
         """A controller restarted with --reuse-keys --db gives a new engine an id past
@@ -170,6 +171,48 @@ class ControllerRestartTests(TestCase):
         yield poll_ids(mec, [0])
         cluster.start_engine()
         yield poll_ids(mec, [0, 2])
+
+
+class IPClusterRestartTests(TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def test_ipcluster_restarts_its_controller(self):
+        """ipcluster --db starts again, with --reuse-keys, a controller SIGKILLed with
+        tasks in flight: every task completes with its result, the engines come back
+        under their ids, the pid file lists the new controller and the log says so."""
+        db = Path(self.mktemp()).absolute() / "tasks.db"
+        db.parent.mkdir(parents=True)
+        cluster = Cluster(self, n=0)
+        process = CLIProcess(
+            self,
+            [sys.executable, "-m", "ipkernel.cli.ipcluster", "-n", "2", "--db", str(db)],
+            cluster.env,
+        )
+        process.read_until("Connect with:")
+        pid_file = cluster.dir / pidfile.PID_FILE
+
+        def controller_pid() -> int:
+            children = pidfile.read_pid_file(pid_file).children
+            process.known_pids.update(pid for _, pid in children)
+            return next(pid for role, pid in children if role == "controller")
+
+        old = controller_pid()
+        mec = yield cluster.connect()
+        tc = yield task_client(cluster)
+        tids = []
+        for i in range(40):
+            task = StringTask(f"import time; time.sleep(0.05); a = {i} * {i}", pull="a")
+            tids.append((yield tc.run(task)))
+        yield wait_for_status(tc, lambda s: len(s["succeeded"]) >= 4, "some tasks done")
+        os.kill(old, signal.SIGKILL)
+        yield poll(lambda: controller_pid() != old, "a new controller in the pid file")
+        yield tc.barrier(tids)
+        results = yield tc.get_task_results(tids)
+        self.assertEqual([r.ns.a for r in results], [i * i for i in range(40)])
+        yield poll_ids(mec, [0, 1])
+        log = (cluster.dir / "log" / f"ipcluster-{process.proc.pid}.log").read_text()
+        self.assertIn(f"the controller (pid {old}) was killed by SIGKILL; restarted", log)
 
 
 @inlineCallbacks

@@ -27,9 +27,7 @@ class EngineRegistry:
         given an id at or past the old one (an exception refuses the registration).
     """
 
-    def __init__(
-        self, first_id: int = 0, on_new_id: Callable[[int], None] | None = None
-    ) -> None:
+    def __init__(self, first_id: int = 0, on_new_id: Callable[[int], None] | None = None) -> None:
         self._engines: dict[int, IEngine] = {}
         self._next_id = first_id
         self._on_new_id = on_new_id

@@ -63,9 +63,7 @@ class ControllerService(MultiService):
         self._versions: dict[int, int] = {}  # engine id -> latest properties version told
         self.multiengine = MultiEngine(self.registry, self.queues, self.request_stop)
         #: The Task service (:class:`~ipkernel.interfaces.ITaskController`).
-        self.tasks = TaskController(
-            self, clock=clock, now=now, store=store, max_age=task_max_age
-        )
+        self.tasks = TaskController(self, clock=clock, now=now, store=store, max_age=task_max_age)
 
     def on_engine_added(self, listener: EngineListener) -> None:
         """Call ``listener(engine_id)`` after each registration, once the engine's queue

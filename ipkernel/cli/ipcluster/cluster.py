@@ -4,8 +4,10 @@
 and the engines (through a launcher, :mod:`ipkernel.cli.launchers`) at the same time, waits
 until every engine has registered, keeps the pid file's list of processes up to date, and
 ends when asked to or when the controller ends; it then stops every process it started.
-The controller and local engines watch its lifeline (:mod:`ipkernel.cli.lifeline`), so
-they end with ipcluster even when it is killed.
+With a task store (``--db``), a controller that dies is restarted instead, with
+``--reuse-keys``, so that the engines and clients reconnect and no task is lost. The
+controller and local engines watch its lifeline (:mod:`ipkernel.cli.lifeline`), so they
+end with ipcluster even when it is killed.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ class ClusterSupervisor:
     :meth:`stop` stops every process started and fires once they are all gone.
 
     While the cluster runs, a local engine that dies (a crash, a signal) is replaced by a
-    new one, as :class:`~ipkernel.cli.ipcluster.restarts.RestartPolicy` allows, unless
+    new one, and with ``--db`` a controller that dies (a crash, a signal other than
+    SIGINT and SIGTERM) is started again with ``--reuse-keys``, as
+    :class:`~ipkernel.cli.ipcluster.restarts.RestartPolicy` allows, unless
     ``--no-restart``; each decision is written to the log.
     """
 
@@ -237,10 +241,54 @@ class ClusterSupervisor:
         if self._state == "starting":
             self._fail_startup_with(self._child_failure(self.controller, status))
         elif self._state == "running":
+            if self._restart_controller(status):
+                return
             self._state = "ending"
             code = 0 if status.clean or status.signal in (signal.SIGINT, signal.SIGTERM) else 1
             why = f"the controller (pid {self.controller.pid}) {status.describe()}"
             self.ended.callback((code, why, True))
+
+    def _restart_controller(self, status: processes.ExitStatus) -> bool:
+        """Start a controller in the place of the one that ended with ``status``, if it
+        died, keeps a task store (``--db``) and the policy allows; say what was decided in
+        the log. True if a new one was started."""
+        if not self.options["db"] or not died(status):
+            return False
+        if status.signal in (signal.SIGINT, signal.SIGTERM):
+            return False  # stopped on purpose
+        what = f"the controller (pid {self.controller.pid}) {status.describe()}"
+        if self.options["no-restart"]:
+            self.note(f"{what}; not restarted (--no-restart)")
+            return False
+        policy = self.restarts
+        if not policy.allow("controller"):
+            self.note(
+                f"{what}; not restarted: it was already restarted {policy.limit} times in "
+                f"the last {policy.period:g} s"
+            )
+            return False
+        argv = controller_argv(self.options)
+        if "--reuse-keys" not in argv:
+            argv.append("--reuse-keys")  # the same key files, which engines and clients hold
+        try:
+            self.controller = self.runner.spawn("controller", argv, watch_parent=True)
+        except OSError as exc:
+            self.note(f"{what}; cannot start a new one: {exc}")
+            return False
+        self.controller.when_ended().addCallback(self._controller_ended)
+        self._save_record()
+        self.note(
+            f"{what}; restarted as process {self.controller.pid} with --reuse-keys "
+            f"(restart {policy.recent('controller')} of at most {policy.limit} in "
+            f"{policy.period:g} s)"
+        )
+        print(
+            f"ipcluster: {what}; restarted it from its task store (pid "
+            f"{self.controller.pid}); engines and clients reconnect by themselves",
+            file=self.err,
+            flush=True,
+        )
+        return True
 
     def _engine_ended(self, child: processes.ProcessHandle, status: processes.ExitStatus) -> None:
         if self._state == "starting":

@@ -98,9 +98,11 @@ class StartOptions(CommandOptions, tap.Options):
         [
             "no-restart",
             None,
-            "Do not replace local engines that die; by default one that crashes or is "
-            "killed by a signal is replaced by a new engine (with a new id), at most "
-            f"{RESTART_LIMIT} times in {RESTART_PERIOD:g} s per engine.",
+            "Do not replace local engines that die, nor restart a controller that dies; "
+            "by default an engine that crashes or is killed by a signal is replaced by a "
+            "new engine (with a new id), and with --db a controller is started again "
+            f"with --reuse-keys, at most {RESTART_LIMIT} times in {RESTART_PERIOD:g} s "
+            "per engine or controller.",
         ],
         [
             "exec-engines",

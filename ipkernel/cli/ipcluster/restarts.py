@@ -7,7 +7,9 @@ Ctrl-C; one that crashes exits with another status or is killed by a signal
 process (which registers under a new id: its namespace is new), in the same *slot*: the
 place of one of the ``-n`` engines asked for. :class:`RestartPolicy` keeps a slot from
 being replaced more than :data:`RESTART_LIMIT` times in :data:`RESTART_PERIOD` seconds,
-so an engine that crashes as soon as it starts is not restarted in a loop.
+so an engine that crashes as soon as it starts is not restarted in a loop. With a task
+store (``--db``), a controller that died is started again the same way, in a slot of its
+own (``"controller"``).
 """
 
 from __future__ import annotations
