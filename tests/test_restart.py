@@ -179,8 +179,9 @@ class IPClusterRestartTests(TestCase):
     @inlineCallbacks
     def test_ipcluster_restarts_its_controller(self):
         """ipcluster --db starts again, with --reuse-keys, a controller SIGKILLed with
-        tasks in flight: every task completes with its result, the engines come back
-        under their ids, the pid file lists the new controller and the log says so."""
+        tasks in flight: a barrier waiting at the kill returns, every task completes
+        with its result, the engines come back under their ids, the pid file lists the
+        new controller and the log says so."""
         db = Path(self.mktemp()).absolute() / "tasks.db"
         db.parent.mkdir(parents=True)
         cluster = Cluster(self, n=0)
@@ -205,9 +206,10 @@ class IPClusterRestartTests(TestCase):
             task = StringTask(f"import time; time.sleep(0.05); a = {i} * {i}", pull="a")
             tids.append((yield tc.run(task)))
         yield wait_for_status(tc, lambda s: len(s["succeeded"]) >= 4, "some tasks done")
+        waiting = tc.barrier(tids)
         os.kill(old, signal.SIGKILL)
         yield poll(lambda: controller_pid() != old, "a new controller in the pid file")
-        yield tc.barrier(tids)
+        yield waiting
         results = yield tc.get_task_results(tids)
         self.assertEqual([r.ns.a for r in results], [i * i for i in range(40)])
         yield poll_ids(mec, [0, 1])
