@@ -162,6 +162,31 @@ class ClusterProcessTests(TestCase):
         self.assert_gone(first["pids"])
         self.assertEqual(cluster_processes(Path(first["dir"])), [])
 
+    def test_task_store_outlives_the_cluster(self):
+        """``Cluster(db=PATH)`` keeps task records in that SQLite file: a later cluster on
+        the same database returns a result by id to a new Task client, and gives new tasks
+        new ids."""
+        db = self.dir / "tasks.db"
+        script = self.script(
+            f"""
+            with Cluster(n=1, db={str(db)!r}) as c:
+                say(pids=pids(c.ipkernel_dir), dir=str(c.ipkernel_dir))
+                tc = c.task_client()
+                tid = tc.run(client.StringTask("b = 2", pull="b"))
+                tc.barrier(tid)
+            with Cluster(n=1, db={str(db)!r}) as c:
+                say(pids=pids(c.ipkernel_dir), dir=str(c.ipkernel_dir))
+                tc = c.task_client()
+                new = tc.run(client.StringTask("b = 3", pull="b"))
+                say(b=tc.get_task_result(tid).ns.b, new_id=new > tid)
+            """
+        )
+        first, second = script.line(), script.line()
+        self.assertEqual(script.line(), {"b": 2, "new_id": True})
+        script.finish()
+        self.assertTrue(db.exists())
+        self.assert_gone(first["pids"] + second["pids"])
+
     def test_engines_that_fail(self):
         """Engines that cannot start make start() raise a ClusterError naming the engine
         process, how it ended and its own error; nothing is left running."""
