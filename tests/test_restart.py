@@ -84,9 +84,15 @@ class ControllerRestartTests(TestCase):
         for i in range(4):
             finished.append((yield tc.run(StringTask(f"a = {i} * 2", pull="a"))))
         yield tc.barrier(finished)
+        # The running tasks (and so the queued ones behind them) finish only once the
+        # gate exists, which it does after the restart, however slow the machine.
+        gate = Path(self.mktemp()).absolute()
+        wait_for_gate = (
+            f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)"
+        )
         running = []
         for i in (100, 101):
-            task = StringTask(f"import time; time.sleep(3); a = {i}", pull="a")
+            task = StringTask(f"{wait_for_gate}\na = {i}", pull="a")
             running.append((yield tc.run(task)))
         yield wait_for_status(tc, lambda s: set(running) <= set(s["pending"]), "running tasks")
         queued = []
@@ -124,6 +130,7 @@ class ControllerRestartTests(TestCase):
         cluster.start_controller("--reuse-keys")
         status = yield next_call
         self.assertGreaterEqual(status["succeeded"], len(finished))
+        gate.touch()
 
         tc2 = yield task_client(cluster)
         results = yield tc2.get_task_results(finished)
