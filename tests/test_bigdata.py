@@ -190,7 +190,6 @@ class StreamPathTests(BothPathsMixin, TestCase):
         self.assertLess(after - idle, 64 * 2**20, f"idle {idle}, after {after}")
         cluster.run_script(FETCHED_NOT_KEPT)
 
-
     @inlineCallbacks
     def test_push_to_many_engines_leaves_the_client_once(self):
         """A push of one array to 4 engines, one of them busy, sends its bytes from the
