@@ -7,10 +7,14 @@ process's reactor by :func:`ipkernel.cli.manyengines.start_engines`.
 
 from __future__ import annotations
 
+import io
 import resource
+import signal
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ipkernel import paths, tap
@@ -19,7 +23,8 @@ from ipkernel.client.task_async import AsyncTaskClient
 from ipkernel.client.task_types import StringTask
 from ipkernel.errors import CompositeError, EngineError
 from ipkernel.security import read_key_file
-from tests.cluster import Cluster, poll
+from tests.cluster import Cluster, poll, python_command
+from tests.commands import CLIProcess
 
 ENGINES = 200
 
@@ -91,6 +96,44 @@ class ManyEnginesTests(TestCase):
         results = yield mec.execute("d = id", targets="all")
         self.assertEqual([r["id"] for r in results], now)
         self.assertEqual((yield mec.pull("d")), now)
+
+
+class ManyEnginesCommandTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_command_connects_n_engines_and_stops_on_sigterm(self):
+        """``python -m ipkernel.cli.manyengines N`` says when it dials and when all N are
+        registered; the client sees N engines; SIGTERM ends it and the engines leave."""
+        cluster = Cluster(self, n=0)
+        cluster.start_controller()
+        mec = yield cluster.connect()
+        command = CLIProcess(self, python_command("ipkernel.cli.manyengines", "5"), env=cluster.env)
+        out = command.read_until(f"{manyengines.MARKER} registered 5")
+        self.assertIn(f"{manyengines.MARKER} connecting 5", out)
+        self.assertEqual((yield mec.get_ids()), [0, 1, 2, 3, 4])
+        command.proc.send_signal(signal.SIGTERM)
+        code, _, _ = command.wait()
+        self.assertEqual(code, 0)
+        yield poll_ids(mec, [])
+
+    def test_usage(self):
+        """N must be a positive number: anything else is refused, saying so."""
+        for wrong in ("x", "0"):
+            err = io.StringIO()
+            self.patch(sys, "stderr", err)
+            self.assertEqual(manyengines.main([wrong]), 2)
+            self.assertIn(f"N must be a positive number of engines, not {wrong!r}", err.getvalue())
+
+
+@inlineCallbacks
+def poll_ids(mec, expected: list[int]):
+    """Fire once the controller lists ``expected`` engine ids."""
+    for _ in range(1500):
+        if (yield mec.get_ids()) == expected:
+            return
+        yield deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"the engines did not become {expected}")
 
 
 class OpenFilesLimitTests(SynchronousTestCase):
