@@ -25,7 +25,15 @@ processes with Python's ``ssl``, 1 MiB writes, the certificate kind ipkernel use
 (the same into newly allocated memory, whose pages the kernel must first provide: the
 ceiling of any path that makes the receiver a new copy, shared memory included). Also
 ``scatter_list_1M_s`` / ``gather_list_1M_s``: ``list(range(1_000_000))`` over 2 engines.
-``--quick`` skips the 1 GB figures.
+``--quick`` skips the 1 GB figures; ``--fan-out`` measures only the figures below.
+
+Data to many engines (``fan_out``, on a local ``ipcluster -n 8``, ``transport='stream'``):
+``push_100MB_1_engine_s`` and ``push_100MB_8_engines_s`` (medians), their ratio
+``ratio_8_to_1``, ``client_MB_sent_1`` / ``client_MB_sent_8`` (what this process wrote,
+from ``/proc/self/io``, per push: the client sends each byte once whatever the number of
+engines), and the CPU seconds per push of the controller and of all the engines together
+(``controller_cpu_s_*``, ``engines_cpu_s_*``): on a machine with fewer CPUs than engines,
+the engines' own receiving is what the 8-engine push waits for.
 """
 
 from __future__ import annotations
@@ -204,6 +212,71 @@ class LatencyProbe:
         return json.loads(out)
 
 
+# Data to many engines
+
+
+def bytes_written() -> int:
+    """What this process has passed to write() and kin, its TLS connections included."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    raise RuntimeError("no wchar in /proc/self/io")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_pids(cluster: LocalCluster) -> list[int]:
+    """The cluster's engine processes (found by their IPKERNEL_DIR)."""
+    wanted = f"IPKERNEL_DIR={cluster.dir}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if b"forkengines" not in cmdline and b"ipengine" not in cmdline:
+                continue
+            if wanted in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def fan_out(quick: bool) -> dict:
+    """A 100 MB array pushed over the stream path to one engine, then to 8 at once."""
+    import numpy as np
+
+    from ipkernel import client
+
+    figures: dict[str, float] = {}
+    with LocalCluster(8) as cluster:
+        mec = client.MultiEngineClient(cluster.mec_furl, transport="stream")
+        controller, engines = controller_pid(cluster), engine_pids(cluster)
+        arr = np.random.default_rng(2).random(100 * MB // 8)
+        mec.push({"x": arr})
+        repeat = 3 if quick else 5
+        for n, targets in ((1, 0), (8, "all")):
+            written, ctl, eng = bytes_written(), cpu_s(controller), sum(map(cpu_s, engines))
+            seconds = median_time(lambda t=targets: mec.push({"x": arr}, targets=t), repeat, 0)
+            figures[f"push_100MB_{n}_engine{'s' if n > 1 else ''}_s"] = round(seconds, 3)
+            figures[f"client_MB_sent_{n}"] = round((bytes_written() - written) / repeat / MB, 1)
+            figures[f"controller_cpu_s_{n}"] = round((cpu_s(controller) - ctl) / repeat, 3)
+            figures[f"engines_cpu_s_{n}"] = round((sum(map(cpu_s, engines)) - eng) / repeat, 3)
+        mec.execute("s = float(x.sum())")
+        if set(mec.pull("s")) != {float(arr.sum())}:
+            raise AssertionError("an engine did not get the array whole")
+        mec.close()
+    figures["ratio_8_to_1"] = round(
+        figures["push_100MB_8_engines_s"] / figures["push_100MB_1_engine_s"], 2
+    )
+    return figures
+
+
 # One path
 
 
@@ -329,6 +402,10 @@ def bench_path(cluster: LocalCluster, transport: str, quick: bool) -> dict:
 def main() -> None:
     quick = "--quick" in sys.argv
     figures: dict[str, object] = {"benchmark": "data", "python": platform.python_version()}
+    if "--fan-out" in sys.argv:
+        figures["fan_out"] = fan_out(quick)
+        print(json.dumps(figures))
+        return
     figures["raw_tls_MBps"] = round(raw_tls_mbps())
     warm, fresh = memcpy_mbps()
     figures["memcpy_MBps"] = round(warm)
@@ -345,6 +422,7 @@ def main() -> None:
         )
         figures["gather_list_1M_s"] = round(median_time(lambda: mec.gather("l"), 7, warmup=0), 4)
         mec.close()
+    figures["fan_out"] = fan_out(quick)
     figures["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     print(json.dumps(figures))
 

@@ -8,6 +8,7 @@ same service in its own reactor.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import sys
 from pathlib import Path
@@ -332,16 +333,38 @@ def task_store(config: usage.Options, reactor: Any) -> ITaskStore:
     return MemoryStore(PayloadShelf.temporary(DEFAULT_BUDGET if budget is None else budget))
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open descriptors to its hard limit; return
+    ``(soft, hard)`` as they are afterwards.
+
+    A controller holds a descriptor per engine and per client, and the usual soft limit
+    (1024) would refuse connections long before a thousand engines; the hard limit is
+    what the system lets a process choose.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # keep the soft limit
+    return soft, hard
+
+
 def makeService(config: usage.Options, reactor: Any = None) -> MultiService:  # noqa: N802
     """The controller service with its listeners, for twistd and ``ipcontroller``.
 
     :raises ~ipkernel.controller.store_sqlite.StoreUnavailable: if ``--db`` names a
         database that cannot be opened.
+
+    Raises the process's soft limit on open descriptors (see
+    :func:`raise_open_files_limit`).
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    raise_open_files_limit()
     # The controller relays large payloads chunk by chunk.
     tune_allocator()
     top = MultiService()

@@ -190,6 +190,39 @@ class StreamPathTests(BothPathsMixin, TestCase):
         self.assertLess(after - idle, 64 * 2**20, f"idle {idle}, after {after}")
         cluster.run_script(FETCHED_NOT_KEPT)
 
+    @inlineCallbacks
+    def test_push_to_many_engines_leaves_the_client_once(self):
+        """A push of one array to 4 engines, one of them busy, sends its bytes from the
+        client once (counted by the kernel's write counter of this process, which is the
+        client's); the controller fans it out, every engine gets it whole, and the
+        controller holds nothing afterwards."""
+        cluster = Cluster(self, n=4, env={"IPKERNEL_TRANSPORT": "stream"})
+        mec = yield cluster.start()
+        arr = np.random.default_rng(2).random(16 * MB // 8)
+        yield mec.push({"warm": arr[:100_000]})
+        busy = mec.execute("import time; time.sleep(0.5)", targets=3)
+        before = bytes_written()
+        yield mec.push({"arr": arr})
+        sent = bytes_written() - before
+        yield busy
+        self.assertGreater(sent, arr.nbytes)
+        self.assertLess(sent, 1.25 * arr.nbytes)
+        sums = yield mec.execute("s = float(arr.sum())")
+        self.assertEqual(len(sums), 4)
+        self.assertEqual((yield mec.pull("s")), [float(arr.sum())] * 4)
+        stats = yield transfer_idle(mec)
+        self.assertEqual(stats["held"], 0)
+
+
+def bytes_written() -> int:
+    """The bytes this process has passed to ``write`` and kin (its TLS connections'
+    records included), from ``/proc/self/io``."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/self/io")
+
 
 FETCHED_NOT_KEPT = """
 import gc, weakref

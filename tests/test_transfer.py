@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 
 import numpy as np
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.spread import pb
 from twisted.spread.jelly import InsecureJelly
 from twisted.test.iosim import connectedServerAndClient
@@ -55,10 +55,11 @@ class Engine(pb.Referenceable):
 
 
 class Controller(pb.Referenceable):
-    """The middle: forwards payloads between the client and the engine untouched."""
+    """The middle: forwards payloads between the client and the engines untouched."""
 
-    def __init__(self, engine: pb.RemoteReference) -> None:
-        self.engine = engine
+    def __init__(self, engines: list[pb.RemoteReference]) -> None:
+        self.engines = engines
+        self.engine = engines[0] if engines else None
         self.seen: list[object] = []
         self.hold = False
         self.held: list[object] = []
@@ -69,6 +70,22 @@ class Controller(pb.Referenceable):
             self.held.append(payload)
             return None
         return self.engine.callRemote("take", payload).addErrback(refused)
+
+    def remote_push_all(self, payload: object) -> Deferred:
+        """Forward one payload to every engine (the core's fan-out of one command)."""
+        self.seen.append(type(payload))
+        calls = [engine.callRemote("take", payload) for engine in self.engines]
+        return gatherResults(calls, consumeErrors=True).addErrback(
+            lambda f: refused(f.value.subFailure)
+        )
+
+    def remote_push_each(self, payloads: list) -> Deferred:
+        """``payloads[i]`` to engine i (the core's ``call_each``)."""
+        self.seen.append([type(p) for p in payloads])
+        calls = [e.callRemote("take", p) for e, p in zip(self.engines, payloads, strict=True)]
+        return gatherResults(calls, consumeErrors=True).addErrback(
+            lambda f: refused(f.value.subFailure)
+        )
 
     def remote_pull(self, *args: object) -> Deferred:
         return self.engine.callRemote("give", *args).addErrback(refused)
@@ -105,18 +122,38 @@ def connect(server: Broker, client: Broker, login: bool = True):
 
 
 class Chain:
-    """client broker ⇄ controller (two relaying brokers) ⇄ engine broker."""
+    """client broker ⇄ controller (relaying brokers) ⇄ ``engines`` engine brokers.
 
-    def __init__(self) -> None:
+    ``back``, ``engine_broker`` and ``engine`` are the first engine's.
+    """
+
+    def __init__(self, engines: int = 1) -> None:
         self.front, self.client = brokers()
-        self.back, self.engine_broker = brokers()
-        self.pumps = [connect(self.front, self.client), connect(self.back, self.engine_broker)]
-        self.engine = Engine()
-        self.engine_broker.setNameForLocal("engine", self.engine)
-        self.controller = Controller(self.back.remoteForName("engine"))
+        self.backs: list[Broker] = []
+        self.engine_brokers: list[Broker] = []
+        self.engines: list[Engine] = []
+        self.pumps = [connect(self.front, self.client)]
+        for _ in range(engines):
+            back, engine_broker = brokers()
+            self.pumps.append(connect(back, engine_broker))
+            engine = Engine()
+            engine_broker.setNameForLocal("engine", engine)
+            self.backs.append(back)
+            self.engine_brokers.append(engine_broker)
+            self.engines.append(engine)
+        self.back, self.engine_broker, self.engine = (
+            self.backs[0],
+            self.engine_brokers[0],
+            self.engines[0],
+        )
+        self.controller = Controller([back.remoteForName("engine") for back in self.backs])
         self.front.setNameForLocal("controller", self.controller)
         self.remote = self.client.remoteForName("controller")
         self.peak_held = 0
+
+    def held(self) -> int:
+        """What the controller's brokers hold for the streams they relay."""
+        return sum(b.streams.stats()["held"] for b in (self.front, *self.backs))
 
     def flush(self, steps: int = 100000) -> None:
         """Pump until quiet, recording the most the controller held at any step."""
@@ -124,14 +161,13 @@ class Chain:
             moved = False
             for pump in self.pumps:
                 moved = pump.pump() or moved
-            held = self.front.streams.stats()["held"] + self.back.streams.stats()["held"]
-            self.peak_held = max(self.peak_held, held)
+            self.peak_held = max(self.peak_held, self.held())
             if not moved:
                 return
         raise AssertionError("the chain never went quiet")
 
     def streams_open(self) -> int:
-        brokers = (self.client, self.front, self.back, self.engine_broker)
+        brokers = (self.client, self.front, *self.backs, *self.engine_brokers)
         return sum(b.streams.stats()["incoming"] + b.streams.stats()["outgoing"] for b in brokers)
 
 
@@ -155,9 +191,9 @@ class StreamTests(SynchronousTestCase):
         patch_flow(self, "FIRST_CREDIT", 16 * 1024)
         patch_flow(self, "RELAY_BUDGET", 128 * 1024)
 
-    def chain(self) -> Chain:
-        chain = Chain()
-        for broker in (chain.client, chain.front, chain.back, chain.engine_broker):
+    def chain(self, engines: int = 1) -> Chain:
+        chain = Chain(engines)
+        for broker in (chain.client, chain.front, *chain.backs, *chain.engine_brokers):
             broker.streams.window = stream_protocol.WINDOW
         return chain
 
@@ -322,18 +358,133 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual(sorted(self.successResultOf(d) for d in done), list(range(1, 13)))
         self.assertEqual(chain.streams_open(), 0)
 
-    def test_forwarded_only_once(self) -> None:
-        """A relayed payload cannot be forwarded to two places."""
+    def test_fan_out_sends_each_byte_once(self) -> None:
+        """One payload for three engines crosses the client's connection once; the
+        controller forwards each chunk to all three, holding no more than a window or two,
+        and every stream is closed at the end."""
+        chain = self.chain(engines=3)
+        sent = self.count_sent(chain.client)
+        data = array(1_000_000)
+        payload = OutgoingPayload(dump({"a": data}))
+        d = chain.remote.callRemote("push_all", payload)
+        chain.flush()
+        self.assertEqual(self.successResultOf(d), [1, 1, 1])
+        self.assertEqual(chain.controller.seen, [RelayedPayload])
+        for engine in chain.engines:
+            np.testing.assert_array_equal(engine.taken[0]["a"], data)
+        self.assertEqual(sent, [payload.nbytes])
+        self.assertLessEqual(chain.peak_held, stream_protocol.WINDOW + stream_protocol.CHUNK)
+        self.assertEqual(chain.streams_open(), 0)
+        self.successResultOf(payload.when_sent())
+
+    def test_one_payload_in_several_places_is_sent_once(self) -> None:
+        """The same payload object given for several engines in one message is sent once;
+        the controller sees one RelayedPayload in each place and fans it out."""
+        chain = self.chain(engines=3)
+        sent = self.count_sent(chain.client)
+        data = array(600_000)
+        payload = OutgoingPayload(dump({"a": data}))
+        d = chain.remote.callRemote("push_each", [payload] * 3)
+        chain.flush()
+        self.assertEqual(self.successResultOf(d), [1, 1, 1])
+        self.assertEqual(chain.controller.seen, [[RelayedPayload] * 3])
+        for engine in chain.engines:
+            np.testing.assert_array_equal(engine.taken[0]["a"], data)
+        self.assertEqual(sent, [payload.nbytes])
+        self.assertEqual(chain.streams_open(), 0)
+
+    def test_fan_out_keeps_the_bytes_for_a_later_destination(self) -> None:
+        """While the controller still holds the payload (a command waits in a busy
+        engine's queue), the stream completes to the engines it was forwarded to and the
+        relay keeps every byte for the one still to come; once that one has it and the
+        payload is let go, nothing is held."""
+        chain = self.chain(engines=2)
+        chain.controller.hold = True
+        data = array(500_000)
+        payload = OutgoingPayload(dump({"a": data}))
+        chain.remote.callRemote("push", payload)
+        chain.flush()
+        [relayed] = chain.controller.held
+        first = chain.controller.engines[0].callRemote("take", relayed)
+        chain.flush()
+        self.assertEqual(self.successResultOf(first), 1)
+        self.assertEqual(chain.held(), payload.nbytes)
+        self.successResultOf(payload.when_sent())  # the client is done
+        second = chain.controller.engines[1].callRemote("take", relayed)
+        chain.flush()
+        self.assertEqual(self.successResultOf(second), 1)
+        np.testing.assert_array_equal(chain.engines[1].taken[0]["a"], data)
+        del relayed
+        chain.controller.held.clear()
+        gc.collect()
+        self.assertEqual(chain.held(), 0)
+        self.assertEqual(chain.streams_open(), 0)
+
+    def test_fan_out_survives_an_engine_leaving(self) -> None:
+        """An engine's connection drops while a payload fans out: the other engines get
+        it whole, the client's stream completes, nothing stays open."""
+        chain = self.chain(engines=3)
+        payload = OutgoingPayload(dump({"a": array(2_000_000)}))
+        calls = [chain.remote.callRemote("push_all", payload)]
+        calls[0].addErrback(lambda f: None)
+        for _ in range(10):
+            for pump in chain.pumps:
+                pump.pump()
+        chain.engine_brokers[1].transport.loseConnection()
+        chain.flush()
+        self.assertEqual([len(e.taken) for e in chain.engines], [1, 0, 1])
+        self.successResultOf(payload.when_sent())
+        self.assertEqual(chain.held(), 0)
+        self.assertEqual(chain.streams_open(), 0)
+
+    def test_fan_out_aborts_when_every_engine_leaves(self) -> None:
+        """When every destination has gone the sender is told to stop."""
+        chain = self.chain(engines=2)
+        payload = OutgoingPayload(dump({"a": array(2_000_000)}))
+        chain.remote.callRemote("push_all", payload).addErrback(lambda f: None)
+        for _ in range(10):
+            for pump in chain.pumps:
+                pump.pump()
+        for engine_broker in chain.engine_brokers:
+            engine_broker.transport.loseConnection()
+        chain.flush()
+        self.successResultOf(payload.when_sent())
+        self.assertEqual(chain.client.streams.stats()["outgoing"], 0)
+        self.assertEqual(chain.front.streams.stats(), {"incoming": 0, "outgoing": 0, "held": 0})
+
+    def test_kept_payload_is_not_forwarded(self) -> None:
+        """A payload the controller keeps whole cannot also be forwarded."""
         chain = self.chain()
         chain.controller.hold = True
         chain.remote.callRemote("push", OutgoingPayload(dump(array(200_000))))
         chain.flush()
         [relayed] = chain.controller.held
-        first = chain.controller.engine.callRemote("take", relayed)
-        second = chain.controller.engine.callRemote("take", relayed)
-        self.failureResultOf(second, TransferError)
+        keeping = kept.keep(relayed)
+        forwarded = chain.controller.engine.callRemote("take", relayed)
+        self.failureResultOf(forwarded, TransferError)
         chain.flush()
-        self.assertEqual(self.successResultOf(first), 1)
+        self.assertIsInstance(self.successResultOf(keeping), kept.KeptPayload)
+
+    @staticmethod
+    def count_sent(client: Broker) -> list[int]:
+        """Each stream's payload bytes ``client`` sends, listed as each stream ends."""
+        streams: dict[int, int] = {}
+        ended: list[int] = []
+        send_data = client.streams.send_data
+
+        def counting(sid: int, offset: int, data: object) -> None:
+            streams[sid] = streams.get(sid, 0) + memoryview(data).nbytes
+            send_data(sid, offset, data)
+
+        def forget(sid: int) -> None:
+            if sid in streams:
+                ended.append(streams.pop(sid))
+            forget_outgoing(sid)
+
+        forget_outgoing = client.streams.forget_outgoing
+        client.streams.send_data = counting
+        client.streams.forget_outgoing = forget
+        return ended
 
     def test_out_of_order_chunk_aborts(self) -> None:
         """A chunk at the wrong offset aborts the stream on the receiving side."""

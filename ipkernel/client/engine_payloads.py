@@ -3,9 +3,10 @@
 An object of :data:`~ipkernel.wire.transfer.INLINE_LIMIT` bytes or more (see
 :mod:`ipkernel.wire.transfer`) is sent to an engine on this host (same user) through
 shared memory, and to other engines as a stream of chunks relayed by the controller;
-one segment serves every engine on this host that gets the same object. Whether an engine
-can open this process's segments follows from its registration info (its host identity
-and probe, asked once per engine with ``get_engine_info``). For results that may be large
+one segment serves every engine on this host that gets the same object, and one stream
+every other engine (it leaves this process once; the controller fans it out). Whether an
+engine can open this process's segments follows from its registration info (its host
+identity and probe, asked once per engine with ``get_engine_info``). For results that may be large
 (``pull``, ``pull_function``, ``apply``) the client offers its own probe, and releases
 each engine-made segment it opened as soon as the answer has been read.
 ``transport='stream'`` (or ``IPKERNEL_TRANSPORT=stream``) sends everything over the
@@ -112,15 +113,18 @@ class EnginePayloads:
         """What carries ``serialized[i]`` to ``ids[i]``, for each target (see
         :func:`~ipkernel.wire.transfer.payload_for`): a segment's handle for an engine
         that can open this process's segments, else a stream (small objects inline).
+        One object given for several targets makes one segment for those on this host
+        and one stream for the others, sent once and fanned out by the controller (put
+        the payloads in one message).
 
         The ids' infos must be known (:meth:`engine_ids`). Pass the result to
         :meth:`sent` once the call that carries it has ended.
         """
         payloads: list[Any] = []
-        shared: dict[int, SharedPayload] = {}
+        made: dict[tuple[int, bool], Any] = {}
         try:
             for engine_id, ser in zip(ids, serialized, strict=True):
-                payloads.append(self._payload_for(engine_id, ser, shared))
+                payloads.append(self._payload_for(engine_id, ser, made))
         except BaseException:
             self.sent(payloads)
             raise
@@ -148,16 +152,16 @@ class EnginePayloads:
         return known
 
     def _payload_for(
-        self, engine_id: int, ser: Serialized, shared: dict[int, SharedPayload]
+        self, engine_id: int, ser: Serialized, made: dict[tuple[int, bool], Any]
     ) -> Any:
-        """What carries ``ser`` to ``engine_id``; one segment (in ``shared``, by the
-        object's id) serves every engine on this host that gets the same object."""
+        """What carries ``ser`` to ``engine_id``; one payload (in ``made``, by the
+        object's id and whether it is shared) serves every engine that gets the same
+        object the same way."""
         share = self._can_share(engine_id)
-        payload = shared.get(id(ser)) if share else None
+        key = (id(ser), share)
+        payload = made.get(key)
         if payload is None:
-            payload = payload_for(ser, share)
-            if isinstance(payload, SharedPayload):
-                shared[id(ser)] = payload
-            elif share and isinstance(payload, OutgoingPayload):
+            payload = made[key] = payload_for(ser, share)
+            if share and isinstance(payload, OutgoingPayload):
                 self._shared_ok[engine_id] = False  # no segment could be made
         return payload

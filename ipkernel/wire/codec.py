@@ -42,6 +42,7 @@ from __future__ import annotations
 import re
 import struct
 import sys
+import threading
 from collections.abc import Callable
 
 from twisted.logger import Logger
@@ -99,8 +100,11 @@ _TYPE_BYTE = re.compile(b"[\x80-\xff]")
 _ONE_DIGIT = [bytes((n,)) for n in range(128)]
 _DOUBLE = struct.Struct("!d")
 
-# The buffer a TLS transport decrypts into when no destination is waiting.
+# The buffer a TLS transport decrypts into when no destination is waiting: one per thread,
+# shared by every connection of that thread's reactor (buffer_updated copies its bytes
+# out before anything else can read), so that an idle connection holds none of it.
 _SCRATCH = 256 * 1024
+_scratch = threading.local()
 
 _log = Logger()
 
@@ -124,6 +128,13 @@ def _prefix_value(data: bytes, start: int, stop: int) -> int:
         value |= digit << shift
         shift += 7
     return value
+
+
+def _scratch_buffer() -> memoryview:
+    view = getattr(_scratch, "view", None)
+    if view is None:
+        view = _scratch.view = memoryview(bytearray(_SCRATCH))
+    return view
 
 
 class Landed:
@@ -166,7 +177,6 @@ class BananaCodec(banana.Banana):
         # destination and how much of it is filled.
         self._target: memoryview | None = None
         self._target_filled = 0
-        self._scratch: memoryview | None = None
 
     # Reading in place (the TLS transport's buffered-protocol interface)
 
@@ -179,17 +189,14 @@ class BananaCodec(banana.Banana):
         """
         if self._target is not None:
             return self._target[self._target_filled :]
-        if self._scratch is None:
-            self._scratch = memoryview(bytearray(_SCRATCH))
-        return self._scratch
+        return _scratch_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` bytes were put where :meth:`get_buffer` said."""
         if self._refused:
             return
         if self._target is None:
-            assert self._scratch is not None
-            self.dataReceived(bytes(self._scratch[:nbytes]))
+            self.dataReceived(bytes(_scratch_buffer()[:nbytes]))
             return
         try:
             self._target_filled += nbytes

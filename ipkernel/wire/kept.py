@@ -269,20 +269,25 @@ class _StreamSink:
         self.sent = 0
         self.finished = False
         try:
+            branch = relay.branch(exclusive=True)
+        except TransferError as exc:
+            self._fail(str(exc))
+            return
+        try:
             self._lengths = read_header(relay.header)
         except SerializationError as exc:
             self._fail(f"a stream with an unreadable header: {exc}")
-            relay.sink_aborted(str(exc))
+            branch.sink_aborted(str(exc))
             return
         if sum(self._lengths) != self.total:
             self._fail("a stream whose header does not match its size")
-            relay.sink_aborted("a stream whose header does not match its size")
+            branch.sink_aborted("a stream whose header does not match its size")
             return
         try:
             self._parts: list[Any] = [allocate_part(n) for n in self._lengths]
         except (MemoryError, OSError) as exc:
             self._fail(f"cannot allocate {self.total} bytes to keep a payload: {exc}")
-            relay.sink_aborted("the controller cannot hold the payload")
+            branch.sink_aborted("the controller cannot hold the payload")
             return
         self._index = 0
         self._filled = 0
@@ -290,11 +295,9 @@ class _StreamSink:
         if relay.aborted is not None:
             self._fail(relay.aborted)
             return
-        relay.attach(self)  # type: ignore[arg-type]
+        branch.attach(self)
         if self.total == 0:
             self._complete()
-        else:
-            relay.pump(self)  # type: ignore[arg-type]
 
     # The downstream side of the relay.
 

@@ -4,7 +4,7 @@ An :class:`OutgoingPayload` put in a message is jellied as a stream reference an
 after the message in chunks, within the receiver's credit (see
 :mod:`ipkernel.wire.stream_protocol`). :class:`Outgoing` is one stream a connection
 sends, whatever its bytes come from: a local payload's parts (:class:`LocalSource`), or
-a stream the controller relays (:class:`ipkernel.wire.relay.Relay`).
+one branch of a stream the controller relays (:class:`ipkernel.wire.relay.Branch`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ class OutgoingPayload(Jellyable):
     Jellied onto a connection it becomes a stream (or, without a connection, inline
     frames). :attr:`sent` fires once every byte has been acknowledged by the next hop, or
     the stream was aborted: until then the object's buffers are read, so they must not
-    change. One payload object is sent once; make one per destination.
+    change. One payload object is sent in one message: placed several times in it (one
+    object for several engines, say), it crosses the connection once and the controller
+    fans it out.
     """
 
     def __init__(self, serialized: Serialized) -> None:
@@ -69,13 +71,18 @@ class OutgoingPayload(Jellyable):
         if self._used:
             raise TransferError("an outgoing payload can be sent only once")
         self._used = True
+        # In several places of one message (the same object for several engines), it is
+        # sent once: the other places refer to the first, and the controller fans it out.
+        expression = jellier.prepare(self)
         if table is None:
             self._finish(None)
-            return jellier.jelly(self.serialized.frames())
-        ser = self.serialized
-        out = self._stream = table.open_outgoing(ser.nbytes, LocalSource(ser.parts))
-        out.done.addBoth(self._finish)
-        return [STREAM_TYPE, out.sid, ser.nbytes, ser.header]
+            expression.extend(jellier.jelly(self.serialized.frames()))
+        else:
+            ser = self.serialized
+            out = self._stream = table.open_outgoing(ser.nbytes, LocalSource(ser.parts))
+            out.done.addBoth(self._finish)
+            expression.extend([STREAM_TYPE, out.sid, ser.nbytes, ser.header])
+        return jellier.preserve(self, expression)
 
     def _finish(self, result: object) -> None:
         self._done = True
@@ -157,6 +164,12 @@ class Outgoing:
     def send(self, data: Any) -> None:
         self.table.send_data(self.sid, self.sent, data)
         self.sent += memoryview(data).nbytes
+
+    def abort_when_started(self, reason: str) -> None:
+        """Abort once the message naming this stream has been sent (the receiver learns
+        of the stream, then of its end)."""
+        self.done.addErrback(lambda f: None)
+        self.table.abort_after_start(self, reason)
 
     def ack(self, upto: int, limit: int) -> None:
         if self.finished or not self.acked <= upto <= self.sent:

@@ -13,7 +13,8 @@ server side of every connection) *relay*: the reference becomes a
 :class:`~ipkernel.wire.relay.RelayedPayload` that the controller passes along like any
 other argument, without looking inside; when it is put into a message on another
 connection, the chunks are forwarded there as they arrive, and acknowledged upstream
-once written downstream. The controller grants its senders credit out of one budget
+once written downstream (to every connection it was put on: one payload may go to many
+engines). The controller grants its senders credit out of one budget
 (:data:`RELAY_BUDGET`, shared by every stream it relays), so what it holds stays bounded
 however many streams run, and a slow receiver slows the sender. Clients and engines (the
 client side of every connection) *receive*: the reference becomes a

@@ -65,6 +65,9 @@ class StreamTable:
         self._pending: list[Outgoing] = []
         self._aborts_after_start: list[tuple[Outgoing, str]] = []
         self._refused: collections.deque[int] = collections.deque(maxlen=64)
+        # The relays of streams that arrived here: one may hold bytes after its sender is
+        # done, for a destination still to come.
+        self._relays: weakref.WeakSet[Relay] = weakref.WeakSet()
         self.lost = False
         self.on_shared_opened: Callable[[int, str], None] | None = None
         _tables.add(self)
@@ -142,6 +145,7 @@ class StreamTable:
             raise InsecureJelly(f"stream {sid} is already open")
         if self.relay:
             relay = Relay(self, sid, total, header)
+            self._relays.add(relay)
             if relay.sid is not None:  # an empty stream has nothing to relay
                 self.incoming[sid] = relay
                 relay.grant()
@@ -211,8 +215,9 @@ class StreamTable:
             stream.sender_aborted(reason)
 
     def stats(self) -> dict[str, int]:
-        """Streams open in each direction, and the bytes relays hold."""
-        held = sum(s.queued for s in self.incoming.values() if isinstance(s, Relay))
+        """Streams open in each direction, and the bytes the relays of streams that
+        arrived here hold."""
+        held = sum(relay.queued for relay in list(self._relays))
         return {"incoming": len(self.incoming), "outgoing": len(self.outgoing), "held": held}
 
 

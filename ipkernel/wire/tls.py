@@ -45,6 +45,11 @@ __all__ = [
     "server_context",
 ]
 
+#: Connections the kernel queues for a listening port before the controller accepts them
+#: (capped by ``net.core.somaxconn``). Twisted's default, 50, turns most of a burst of a
+#: thousand engines away, and each then waits a second or more to try again.
+BACKLOG = 1024
+
 _OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | getattr(ssl, "OP_NO_RENEGOTIATION", 0)
 
 
@@ -138,7 +143,7 @@ class _Port(tcp.Port):
         reactor: Any,
         peer_timeout: float | None,
     ) -> None:
-        super().__init__(port, _DeferConnection(factory), 50, interface, reactor)
+        super().__init__(port, _DeferConnection(factory), BACKLOG, interface, reactor)
         self.context = context
         self.peer_timeout = peer_timeout
 

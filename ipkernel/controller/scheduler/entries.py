@@ -53,7 +53,7 @@ class EngineEntry:
     incarnation: int
     version: VersionKey
     running: set[int] = field(default_factory=set)
-    # Bumped whenever the load changes; only the free-slot entry with the current token
+    # Renewed whenever the load changes; only the free-slot entry with the current token
     # is live.
     token: int = 0
     # Set by Scheduler.engine_busy: scheduling passes skip the engine.

@@ -51,8 +51,11 @@ class Scheduler:
         self._ids: dict[TaskState, set[int]] = {state: set() for state in TaskState}
         self._engines: dict[int, EngineEntry] = {}
         self._ready = ReadyQueue(self._tasks, self._engines)
-        # Engines with a free slot: (load, engine id, token).
+        # Engines with a free slot: (load, engine id, token). Tokens are never reused,
+        # not even by a later engine of the same id, so an entry left by an engine that
+        # has gone is recognised as stale wherever it is met.
         self._free: list[tuple[int, int, int]] = []
+        self._tokens: Iterator[int] = itertools.count(1)
         self._seqs: Iterator[int] = itertools.count()
         self._incarnations: Iterator[int] = itertools.count()
 
@@ -148,7 +151,6 @@ class Scheduler:
             if self._is_running_on(task, engine_id):
                 assert task is not None
                 self._attempt_failed(task, ENGINE_ERROR, out)
-        self._compact_free()
         out.extend(self._schedule())
         return out
 
@@ -388,7 +390,7 @@ class Scheduler:
         self._ready.push(task)
 
     def _load_changed(self, engine: EngineEntry) -> None:
-        engine.token += 1
+        engine.token = next(self._tokens)
         load = len(engine.running)
         if load < self._slots:
             heapq.heappush(self._free, (load, engine.id, engine.token))
