@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -154,7 +155,11 @@ class ClusterSupervisor:
         self.started_at = self.reactor.seconds()
         self.ended = Deferred()
         self._startup = startup = Deferred()
-        command = EngineCommand(str(self.security / paths.ENGINE_FURL), engine_args(options))
+        command = EngineCommand(
+            str(self.security / paths.ENGINE_FURL),
+            engine_args(options),
+            python=options["engine-python"] or sys.executable,
+        )
         settings = LaunchSettings(
             key_file=self.security / paths.ENGINE_FURL,
             log_dir=paths.log_dir(options["log-dir"]),

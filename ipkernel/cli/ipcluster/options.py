@@ -86,6 +86,14 @@ class StartOptions(CommandOptions, tap.Options):
             "the number of engines.",
         ],
         [
+            "engine-python",
+            None,
+            None,
+            "The Python that runs the engines (default: this one, at the same path on "
+            "every host); it must be of this one's version, with ipkernel installed. For "
+            "--launcher ssh a relative path is taken from the remote home directory.",
+        ],
+        [
             "timeout",
             None,
             30.0,
@@ -113,6 +121,7 @@ class StartOptions(CommandOptions, tap.Options):
         "n": "N",
         "launcher": "NAME",
         "hostfile": "FILE",
+        "engine-python": "PATH",
         "timeout": "SECONDS",
         "engine-arg": "ARG",
         "lifeline-fd": "FD",

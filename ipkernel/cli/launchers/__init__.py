@@ -7,7 +7,8 @@ A launcher starts the engines of one cluster in one way (SPEC §8); each is one 
   subprocess each;
 - :mod:`~ipkernel.cli.launchers.mpi`: ``mpiexec -n N <python> -m ipkernel.cli.ipengine ...``;
 - :mod:`~ipkernel.cli.launchers.ssh`: engines on the hosts of a host file, over ``ssh``,
-  after copying the engine key file there with ``scp``;
+  after checking each host (:mod:`~ipkernel.cli.launchers.hostcheck`) and copying the
+  engine key file there with ``scp``;
 - :mod:`~ipkernel.cli.launchers.slurm`: a batch job (``sbatch``) that runs ``srun <python>
   -m ipkernel.cli.ipengine ...``, cancelled with ``scancel`` on stop.
 
