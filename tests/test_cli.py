@@ -75,7 +75,9 @@ class FakeTransport:
 class FakeRunner:
     """A ProcessRunner that records command lines and starts nothing."""
 
-    def __init__(self, programs=("mpiexec", "ssh", "scp", "sbatch", "scancel"), results=None):
+    def __init__(
+        self, programs=("mpiexec", "ssh", "scp", "sbatch", "squeue", "scancel"), results=None
+    ):
         self.clock = Clock()
         self.programs = set(programs)
         self.results = results or {}
@@ -437,7 +439,8 @@ class SlurmLauncherTests(SynchronousTestCase):
         self.assertIn("--ntasks=2", launcher.script_path.read_text())
         self.assertEqual(launcher.job_id, "4242")
         self.successResultOf(launcher.stop())
-        self.assertEqual(runner.ran[-1], ["scancel", "4242"])
+        self.assertIn(["scancel", "4242"], runner.ran)
+        self.assertEqual(runner.ran[-1][0], "squeue", "stop waits until the job has ended")
 
     def test_sbatch_failure_and_bad_output(self):
         """A failed submission or output without a job id is a LauncherError."""
