@@ -150,7 +150,13 @@ class SSHSite:
     """
 
     def __init__(self, testcase, base: Path, hosts: list[str]) -> None:
-        for program, package in ((SSHD, "openssh-server"), ("ssh", "openssh-client")):
+        for program, package in (
+            (SSHD, "openssh-server"),
+            (SFTP_SERVER, "openssh-sftp-server"),
+            ("ssh", "openssh-client"),
+            ("scp", "openssh-client"),
+            ("ssh-keygen", "openssh-client"),
+        ):
             if shutil.which(program) is None:
                 raise SkipTest(f"needs {program} (Debian package {package})")
         self.base = base

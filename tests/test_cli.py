@@ -288,6 +288,25 @@ class MPILauncherTests(SynchronousTestCase):
             make_launcher("mpi", FakeRunner(programs=()), command(), settings())
         self.assertIn("'mpiexec', which is not on PATH", str(ctx.exception))
         self.assertIn("Open MPI or MPICH", str(ctx.exception))
+        self.assertIn("--mpiexec", str(ctx.exception))
+
+    def test_mpiexec_option(self):
+        """--mpiexec names the program and its own options (split as a shell would); the
+        program is the one looked for on PATH; an empty or unbalanced one is refused."""
+        runner = FakeRunner(programs=("mpiexec.mpich",))
+        launcher = make_launcher(
+            "mpi", runner, command(), settings(mpiexec="mpiexec.mpich -bind-to 'core'")
+        )
+        launcher.start(2)
+        [(_, argv, _)] = runner.spawned
+        self.assertEqual(argv[:6], ["mpiexec.mpich", "-bind-to", "core", "-n", "2", PY])
+        with self.assertRaises(LauncherError) as ctx:
+            make_launcher("mpi", runner, command(), settings(mpiexec="mpirun.openmpi"))
+        self.assertIn("'mpirun.openmpi', which is not on PATH", str(ctx.exception))
+        for bad in ("", "mpiexec 'unclosed"):
+            self.assertRaises(
+                LauncherError, make_launcher, "mpi", runner, command(), settings(mpiexec=bad)
+            )
 
 
 def probe_output(python=None, version=None):

@@ -168,6 +168,7 @@ class ClusterSupervisor:
             hostfile=options["hostfile"],
             key_timeout=options["timeout"],
             fork=not options["exec-engines"],
+            mpiexec=options["mpiexec"],
         )
         self.launcher = make_launcher(options["launcher"], self.runner, command, settings)
         self.launcher.on_process = self._engine_added

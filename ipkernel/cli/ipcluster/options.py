@@ -86,6 +86,14 @@ class StartOptions(CommandOptions, tap.Options):
             "the number of engines.",
         ],
         [
+            "mpiexec",
+            None,
+            "mpiexec",
+            "For --launcher mpi: the command that starts MPI programs, with any options of "
+            "its own, split as a shell would, e.g. 'mpiexec.mpich' or 'mpirun "
+            "--oversubscribe'.",
+        ],
+        [
             "engine-python",
             None,
             None,
@@ -122,6 +130,7 @@ class StartOptions(CommandOptions, tap.Options):
         "launcher": "NAME",
         "hostfile": "FILE",
         "engine-python": "PATH",
+        "mpiexec": "COMMAND",
         "timeout": "SECONDS",
         "engine-arg": "ARG",
         "lifeline-fd": "FD",

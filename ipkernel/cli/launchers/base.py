@@ -87,7 +87,8 @@ class LaunchSettings:
     ``key_file`` is the engine key file the controller writes here; ``log_dir`` the
     cluster's log directory; ``hostfile`` the ``--hostfile`` given, if any; ``key_timeout``
     how long to wait for the key file; ``fork`` whether local engines are forked from one
-    Python (``--exec-engines`` turns it off).
+    Python (``--exec-engines`` turns it off); ``mpiexec`` the command that starts MPI
+    programs (``--mpiexec``, as typed: a shell would split it).
     """
 
     key_file: Path
@@ -95,6 +96,7 @@ class LaunchSettings:
     hostfile: str | None = None
     key_timeout: float = 30.0
     fork: bool = True
+    mpiexec: str = "mpiexec"
 
 
 class Launcher:
