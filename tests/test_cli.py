@@ -88,8 +88,8 @@ class FakeRunner:
     def which(self, program):
         return f"/usr/bin/{program}" if program in self.programs else None
 
-    def spawn(self, role, argv, on_line=None, watch_parent=False):
-        child = ChildProcess(role, None, on_line)
+    def spawn(self, role, argv, on_line=None, watch_parent=False, hold_stdin=False):
+        child = ChildProcess(role, None, on_line, hold_stdin)
         child.makeConnection(FakeTransport(1000 + len(self.spawned)))
         self.spawned.append((role, list(argv), child))
         if watch_parent:
@@ -355,7 +355,7 @@ class SSHLauncherTests(SynchronousTestCase):
                 *SSH,
                 "n1",
                 f"echo ipengine-pid $$; exec {PY} -m ipkernel.cli.ipengine "
-                "--furl-file .ipkernel/security/ipcontroller-engine.furl",
+                "--furl-file .ipkernel/security/ipcontroller-engine.furl --lifeline-fd 0",
             ],
         )
         self.assertEqual(launcher.kill_argv("n1", [5, 6]), [*SSH, "n1", "kill -TERM 5 6"])
@@ -371,6 +371,10 @@ class SSHLauncherTests(SynchronousTestCase):
         self.assertEqual(
             [(role, argv[5]) for role, argv, _ in runner.spawned],
             [("ssh-engine", "n1"), ("ssh-engine", "n1"), ("ssh-engine", "alice@n2")],
+        )
+        # The ssh clients' stdin stays open: the remote engines' lifeline.
+        self.assertEqual(
+            [child.transport.stdin_closed for *_, child in runner.spawned], [False] * 3
         )
         for (_, _, child), pid in zip(runner.spawned, (501, 502, 601), strict=True):
             child.on_line(f"ipengine-pid {pid}")

@@ -285,3 +285,32 @@ class SSHClusterTests(TestCase):
         self.assertFalse(
             (hosts["good"].home / ".ipkernel" / "security" / paths.ENGINE_FURL).exists()
         )
+
+    def test_remote_engines_end_with_a_killed_ipcluster(self):
+        """Killed with SIGKILL (no chance to stop anything), ipcluster still leaves no
+        engine running on the hosts: each watches its standard input, which the local ssh
+        client carries and which ends with ipcluster."""
+        base = Path(self.mktemp()).absolute()
+        site = SSHSite(self, base, ["n1"])
+        site.start()
+        host = site.hosts["n1"]
+        python = _python_of_the_tree(base / "python-of-the-tree")
+        env = child_env(base / "ipk")
+        cluster = self.ipcluster(
+            site,
+            env,
+            f"{host.address} 2\n",
+            "--ip",
+            "0.0.0.0",
+            "--location",
+            site.head_address,
+            "--engine-python",
+            str(python),
+        )
+        cluster.read_until("Connect with:", deadline=STARTUP)
+        engines = site.engine_pids("n1")
+        self.assertEqual(len(engines), 2)
+        cluster.proc.kill()
+        cluster.proc.wait(30)
+        wait_for(lambda: all(gone(pid) for pid in engines), "the remote engines to end")
+        wait_for(lambda: site.head.namespace.pids() == [], "the controller and ssh to end")

@@ -24,6 +24,7 @@ from ipkernel.cli.launchers.base import (
     wait_for_file,
 )
 from ipkernel.cli.launchers.hostcheck import diagnose, prepare_command
+from ipkernel.cli.lifeline import OPTION as LIFELINE_OPTION
 from ipkernel.cli.processes import DEFAULT_GRACE, ProcessRunner, terminate
 
 __all__ = ["HostEntry", "SSHLauncher", "parse_host_file"]
@@ -86,7 +87,9 @@ class SSHLauncher(Launcher):
     -p`` (mode 0600 kept), and each engine runs as ``ssh host 'echo ipengine-pid $$; exec
     <python> -m ipkernel.cli.ipengine --furl-file <remote key file>'``: the first line of
     output is the remote engine's PID. Stopping sends ``kill -TERM`` to those PIDs over
-    ssh, then ends the local ssh clients.
+    ssh, then ends the local ssh clients. Each engine also watches its standard input,
+    which the local ssh client's carries: should ipcluster be killed, or the connection
+    be lost, the remote engines end too.
 
     The controller must listen where the hosts can reach it (``--ip 0.0.0.0`` and, if
     needed, ``--location``).
@@ -161,8 +164,15 @@ class SSHLauncher(Launcher):
         ]
 
     def engine_argv(self, host: str) -> list[str]:
-        """The ``ssh`` command that runs one engine on ``host`` and reports its PID first."""
-        engine = shlex.join(self.command.argv(furl_file=self.REMOTE_KEY_FILE))
+        """The ``ssh`` command that runs one engine on ``host`` and reports its PID first.
+
+        The engine's lifeline is its standard input (``--lifeline-fd 0``), which ``ssh``
+        carries from the local ssh client's: held open by ipcluster (:meth:`start`), it
+        ends when ipcluster or the ssh connection does, and the engine with it.
+        """
+        engine = shlex.join(
+            [*self.command.argv(furl_file=self.REMOTE_KEY_FILE), LIFELINE_OPTION, "0"]
+        )
         return ["ssh", *self.SSH_OPTIONS, host, f"echo {self.PID_MARKER} $$; exec {engine}"]
 
     def kill_argv(self, host: str, pids: Sequence[int]) -> list[str]:
@@ -194,6 +204,7 @@ class SSHLauncher(Launcher):
                         "ssh-engine",
                         self.engine_argv(entry.host),
                         on_line=self._pid_catcher(entry.host),
+                        hold_stdin=True,
                     )
                 )
         return self.engine_count
