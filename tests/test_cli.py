@@ -25,7 +25,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ipkernel import paths
+from ipkernel import __version__, paths
 from ipkernel.cli import forkengines, ipcluster
 from ipkernel.cli.command_options import CommandOptions
 from ipkernel.cli.ipcluster import pidfile
@@ -75,7 +75,9 @@ class FakeTransport:
 class FakeRunner:
     """A ProcessRunner that records command lines and starts nothing."""
 
-    def __init__(self, programs=("mpiexec", "ssh", "scp", "sbatch", "scancel"), results=None):
+    def __init__(
+        self, programs=("mpiexec", "ssh", "scp", "sbatch", "squeue", "scancel"), results=None
+    ):
         self.clock = Clock()
         self.programs = set(programs)
         self.results = results or {}
@@ -86,8 +88,8 @@ class FakeRunner:
     def which(self, program):
         return f"/usr/bin/{program}" if program in self.programs else None
 
-    def spawn(self, role, argv, on_line=None, watch_parent=False):
-        child = ChildProcess(role, None, on_line)
+    def spawn(self, role, argv, on_line=None, watch_parent=False, hold_stdin=False):
+        child = ChildProcess(role, None, on_line, hold_stdin)
         child.makeConnection(FakeTransport(1000 + len(self.spawned)))
         self.spawned.append((role, list(argv), child))
         if watch_parent:
@@ -286,6 +288,34 @@ class MPILauncherTests(SynchronousTestCase):
             make_launcher("mpi", FakeRunner(programs=()), command(), settings())
         self.assertIn("'mpiexec', which is not on PATH", str(ctx.exception))
         self.assertIn("Open MPI or MPICH", str(ctx.exception))
+        self.assertIn("--mpiexec", str(ctx.exception))
+
+    def test_mpiexec_option(self):
+        """--mpiexec names the program and its own options (split as a shell would); the
+        program is the one looked for on PATH; an empty or unbalanced one is refused."""
+        runner = FakeRunner(programs=("mpiexec.mpich",))
+        launcher = make_launcher(
+            "mpi", runner, command(), settings(mpiexec="mpiexec.mpich -bind-to 'core'")
+        )
+        launcher.start(2)
+        [(_, argv, _)] = runner.spawned
+        self.assertEqual(argv[:6], ["mpiexec.mpich", "-bind-to", "core", "-n", "2", PY])
+        with self.assertRaises(LauncherError) as ctx:
+            make_launcher("mpi", runner, command(), settings(mpiexec="mpirun.openmpi"))
+        self.assertIn("'mpirun.openmpi', which is not on PATH", str(ctx.exception))
+        for bad in ("", "mpiexec 'unclosed"):
+            self.assertRaises(
+                LauncherError, make_launcher, "mpi", runner, command(), settings(mpiexec=bad)
+            )
+
+
+def probe_output(python=None, version=None):
+    """What the ssh launcher's check prints on a host that can run engines."""
+    python = python or " ".join(str(v) for v in sys.version_info[:3])
+    return f"ipkernel-probe python {python}\nipkernel-probe ipkernel {version or __version__}\n"
+
+
+SSH = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
 
 
 class SSHLauncherTests(SynchronousTestCase):
@@ -296,17 +326,17 @@ class SSHLauncherTests(SynchronousTestCase):
         return SSHLauncher(runner, command(), hosts, key), key
 
     def test_command_lines(self):
-        """mkdir, scp of the key file, and an ssh per engine that reports the remote PID."""
+        """The check (with mkdir), scp of the key file, and an ssh per engine that reports
+        the remote PID."""
         launcher, key = self.launcher(FakeRunner())
-        self.assertEqual(
-            launcher.mkdir_argv("n1"),
-            [
-                "ssh",
-                "-o",
-                "BatchMode=yes",
-                "n1",
-                "umask 077 && mkdir -p .ipkernel/security && chmod 700 .ipkernel/security",
-            ],
+        prepare = launcher.prepare_argv("n1")
+        self.assertEqual(prepare[:-1], [*SSH, "n1"])
+        self.assertTrue(
+            prepare[-1].startswith(
+                "umask 077 && mkdir -p .ipkernel/security && chmod 700 .ipkernel/security "
+                f"&& exec {PY} -c "
+            ),
+            prepare[-1],
         )
         self.assertEqual(
             launcher.copy_argv("n1"),
@@ -314,8 +344,7 @@ class SSHLauncherTests(SynchronousTestCase):
                 "scp",
                 "-p",
                 "-q",
-                "-o",
-                "BatchMode=yes",
+                *SSH[1:],
                 str(key),
                 "n1:.ipkernel/security/ipcontroller-engine.furl",
             ],
@@ -323,28 +352,29 @@ class SSHLauncherTests(SynchronousTestCase):
         self.assertEqual(
             launcher.engine_argv("n1"),
             [
-                "ssh",
-                "-o",
-                "BatchMode=yes",
+                *SSH,
                 "n1",
                 f"echo ipengine-pid $$; exec {PY} -m ipkernel.cli.ipengine "
-                "--furl-file .ipkernel/security/ipcontroller-engine.furl",
+                "--furl-file .ipkernel/security/ipcontroller-engine.furl --lifeline-fd 0",
             ],
         )
-        self.assertEqual(
-            launcher.kill_argv("n1", [5, 6]), ["ssh", "-o", "BatchMode=yes", "n1", "kill -TERM 5 6"]
-        )
+        self.assertEqual(launcher.kill_argv("n1", [5, 6]), [*SSH, "n1", "kill -TERM 5 6"])
 
     def test_start_and_stop(self):
-        """Start copies the key to each host once and starts its engines; stop kills them."""
-        runner = FakeRunner()
+        """Start checks and copies the key to each host once and starts its engines; stop
+        kills them."""
+        runner = FakeRunner(results={"ssh": (0, probe_output())})
         launcher, key = self.launcher(runner)
         self.assertEqual(self.successResultOf(launcher.start(99)), 3)
         self.assertEqual([argv[0] for argv in runner.ran], ["ssh", "ssh", "scp", "scp"])
         self.assertEqual([argv[-2] for argv in runner.ran[:2]], ["n1", "alice@n2"])
         self.assertEqual(
-            [(role, argv[3]) for role, argv, _ in runner.spawned],
+            [(role, argv[5]) for role, argv, _ in runner.spawned],
             [("ssh-engine", "n1"), ("ssh-engine", "n1"), ("ssh-engine", "alice@n2")],
+        )
+        # The ssh clients' stdin stays open: the remote engines' lifeline.
+        self.assertEqual(
+            [child.transport.stdin_closed for *_, child in runner.spawned], [False] * 3
         )
         for (_, _, child), pid in zip(runner.spawned, (501, 502, 601), strict=True):
             child.on_line(f"ipengine-pid {pid}")
@@ -352,24 +382,28 @@ class SSHLauncherTests(SynchronousTestCase):
         self.assertEqual(launcher.remote_pids, {"n1": [501, 502], "alice@n2": [601]})
         runner.ran.clear()
         stopping = launcher.stop(grace=1.0)
-        self.assertIn(["ssh", "-o", "BatchMode=yes", "n1", "kill -TERM 501 502"], runner.ran)
-        self.assertIn(["ssh", "-o", "BatchMode=yes", "alice@n2", "kill -TERM 601"], runner.ran)
+        self.assertIn([*SSH, "n1", "kill -TERM 501 502"], runner.ran)
+        self.assertIn([*SSH, "alice@n2", "kill -TERM 601"], runner.ran)
         for _, _, child in runner.spawned:
             child.processEnded(Failure(ProcessTerminated(signal=15)))
         self.assertEqual(self.successResultOf(stopping), [])
 
     def test_copy_failure(self):
-        """A failing scp stops the start with the command and its output."""
-        runner = FakeRunner(results={"scp": (1, "Permission denied (publickey).")})
-        launcher, _ = self.launcher(runner)
+        """A failing scp stops the start, naming the host, scp's output and what to try."""
+        runner = FakeRunner(
+            results={"ssh": (0, probe_output()), "scp": (1, "Permission denied (publickey).")}
+        )
+        launcher, key = self.launcher(runner)
         failure = self.failureResultOf(launcher.start(1), LauncherError)
-        self.assertIn("Permission denied", str(failure.value))
-        self.assertIn("scp -p -q", str(failure.value))
+        message = str(failure.value)
+        self.assertIn("2 of 2 hosts cannot run engines", message)
+        self.assertIn("n1: copying the engine key file failed (scp exit code 1: Perm", message)
+        self.assertIn(f"'scp {key} alice@n2:.ipkernel/security/", message)
         self.assertEqual(runner.spawned, [])
 
     def test_waits_for_the_key_file(self):
         """Engines are not started before the controller has written the engine key file."""
-        runner = FakeRunner()
+        runner = FakeRunner(results={"ssh": (0, probe_output())})
         key = Path(self.mktemp())
         launcher = SSHLauncher(runner, command(), [HostEntry("n1")], key, key_timeout=1.0)
         d = launcher.start(1)
@@ -428,7 +462,8 @@ class SlurmLauncherTests(SynchronousTestCase):
         self.assertIn("--ntasks=2", launcher.script_path.read_text())
         self.assertEqual(launcher.job_id, "4242")
         self.successResultOf(launcher.stop())
-        self.assertEqual(runner.ran[-1], ["scancel", "4242"])
+        self.assertIn(["scancel", "4242"], runner.ran)
+        self.assertEqual(runner.ran[-1][0], "squeue", "stop waits until the job has ended")
 
     def test_sbatch_failure_and_bad_output(self):
         """A failed submission or output without a job id is a LauncherError."""
@@ -802,6 +837,7 @@ class ClusterStateTests(SynchronousTestCase):
         hosts = Path(self.mktemp())
         hosts.write_text("node 1\n")
         cluster = self.make("--launcher", "ssh", "--hostfile", str(hosts))
+        self.runner.results["ssh"] = (0, probe_output())
         cluster.start()
         self.assertIn("cannot reach it (use --ip 0.0.0.0)", self.err.getvalue())
         cluster = self.make("--launcher", "mpi")
@@ -1086,7 +1122,9 @@ class SSHLauncherProcessTests(TestCase):
         self.assertEqual(code, 0, err)
         self.assertEqual([pid for _, pid in record.children if not gone(pid)], [])
         log = (base / "ipk" / "log" / f"ipcluster-{cluster.proc.pid}.log").read_text()
-        self.assertIn("running: ssh -o BatchMode=yes localhost 'kill -TERM ", log)
+        self.assertIn(
+            "running: ssh -o BatchMode=yes -o ConnectTimeout=10 localhost 'kill -TERM ", log
+        )
 
 
 class TwistdTests(TestCase):

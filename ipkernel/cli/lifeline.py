@@ -16,7 +16,9 @@ lives.)
 
 ``ipcluster`` gives its lifeline to the controller and to its local engines as descriptor
 :data:`CHILD_FD` with ``--lifeline-fd 3``; :class:`ipkernel.Cluster` gives one to the
-``ipcluster`` it runs.
+``ipcluster`` it runs. Engines started over ssh watch their standard input
+(``--lifeline-fd 0``), which ssh carries from the local ssh client's, held open by
+ipcluster and never written.
 """
 
 from __future__ import annotations

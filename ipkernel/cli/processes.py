@@ -119,7 +119,8 @@ class ChildProcess(_EndWatch, ProcessProtocol):
     ``"mpiexec"``, ...). Each line the child writes to stdout or stderr is written to
     ``sink`` as ``[<role> <pid>] <line>``; the last lines are kept in :meth:`tail` to quote
     when the child fails; ``on_line(line)``, if given, sees every line too. Its stdin is
-    closed at once.
+    closed at once, unless ``hold_stdin``: then it stays open, never written, so that the
+    child reads end of file only when this process ends.
 
     :attr:`pid` is set once the process is started; :attr:`status` once it has ended (and
     been reaped). :meth:`when_ended` gives a Deferred that fires with the
@@ -131,10 +132,12 @@ class ChildProcess(_EndWatch, ProcessProtocol):
         role: str,
         sink: TextIO | None = None,
         on_line: Callable[[str], Any] | None = None,
+        hold_stdin: bool = False,
     ) -> None:
         self.role = role
         self.sink = sink
         self.on_line = on_line
+        self.hold_stdin = hold_stdin
         self.pid: int | None = None
         self.status: ExitStatus | None = None
         self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
@@ -168,7 +171,8 @@ class ChildProcess(_EndWatch, ProcessProtocol):
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         self.pid = self.transport.pid
-        self.transport.closeStdin()
+        if not self.hold_stdin:
+            self.transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
         buffered = self._partial.get(childFD, b"") + data
@@ -355,14 +359,17 @@ class ProcessRunner(Protocol):
         argv: Sequence[str],
         on_line: Callable[[str], Any] | None = None,
         watch_parent: bool = False,
+        hold_stdin: bool = False,
     ) -> ChildProcess:
         """Start ``argv`` (``argv[0]`` looked up on ``PATH``) as a long-lived child.
 
         With ``watch_parent`` the child is also given the runner's lifeline
         (:mod:`ipkernel.cli.lifeline`) and ``--lifeline-fd`` after ``argv``, so that it
         stops if this process dies; only ``ipcontroller``, ``ipengine`` and
-        ``forkengines`` take that option. Returns its :class:`ChildProcess` (``pid`` set).
-        Raises ``OSError`` if it cannot be started.
+        ``forkengines`` take that option. With ``hold_stdin`` its standard input stays
+        open and is never written, so that it reads end of file only when this process
+        ends: a lifeline that ``ssh`` carries to a remote command. Returns its
+        :class:`ChildProcess` (``pid`` set). Raises ``OSError`` if it cannot be started.
         """
 
     def run(self, argv: Sequence[str]) -> Deferred:
@@ -422,8 +429,9 @@ class ReactorProcessRunner:
         argv: Sequence[str],
         on_line: Callable[[str], Any] | None = None,
         watch_parent: bool = False,
+        hold_stdin: bool = False,
     ) -> ChildProcess:
-        child = ChildProcess(role, self.sink, on_line)
+        child = ChildProcess(role, self.sink, on_line, hold_stdin)
         fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         argv = list(argv)
         if watch_parent and self.lifeline is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -118,6 +119,8 @@ class ClusterSupervisor:
         # Each engine process's slot: the place of one of the engines asked for, which a
         # replacement takes over.
         self._slots: dict[processes.ProcessHandle, int] = {}
+        # The launcher's last word on its engines' progress, for a timeout's message.
+        self._last_report: str | None = None
 
     def note(self, message: str) -> None:
         """Write a line of ipcluster's own to the cluster log."""
@@ -158,16 +161,23 @@ class ClusterSupervisor:
         self.started_at = self.reactor.seconds()
         self.ended = Deferred()
         self._startup = startup = Deferred()
-        command = EngineCommand(str(self.security / paths.ENGINE_FURL), engine_args(options))
+        command = EngineCommand(
+            str(self.security / paths.ENGINE_FURL),
+            engine_args(options),
+            python=options["engine-python"] or sys.executable,
+        )
         settings = LaunchSettings(
             key_file=self.security / paths.ENGINE_FURL,
             log_dir=paths.log_dir(options["log-dir"]),
             hostfile=options["hostfile"],
             key_timeout=options["timeout"],
             fork=not options["exec-engines"],
+            mpiexec=options["mpiexec"],
         )
         self.launcher = make_launcher(options["launcher"], self.runner, command, settings)
         self.launcher.on_process = self._engine_added
+        self.launcher.on_report = self._launcher_report
+        self.launcher.on_failure = self._launcher_failure
         if self.launcher.remote and options["ip"].startswith("127."):
             print(
                 f"ipcluster: warning: the controller listens on {options['ip']} only; engines "
@@ -202,6 +212,18 @@ class ClusterSupervisor:
             self._slots.setdefault(handle, len(self._slots))
         self._save_record()
         handle.when_ended().addCallback(lambda status: self._engine_ended(handle, status))
+
+    def _launcher_report(self, message: str) -> None:
+        self._last_report = message
+        self.note(message)
+        print(f"ipcluster: {message}", file=self.err, flush=True)
+
+    def _launcher_failure(self, message: str) -> None:
+        self.note(message)
+        if self._state == "starting":
+            self._fail_startup_with(ClusterError(f"{message}\nfull output: {self.log_path}"))
+        elif self._state == "running":
+            print(f"ipcluster: {message}", file=self.err, flush=True)
 
     def _started(self, count: int) -> None:
         if self._startup.called:
@@ -357,8 +379,10 @@ class ClusterSupervisor:
 
         def timed_out(failure: Failure) -> None:
             failure.trap(RegistrationTimeout)
-            why = failure.getErrorMessage()
-            raise ClusterError(f"{why} within {timeout:g} s (--timeout); see {self.log_path}")
+            why = f"{failure.getErrorMessage()} within {timeout:g} s (--timeout)"
+            if self._last_report is not None:
+                why += f"; {self._last_report}"
+            raise ClusterError(f"{why}; see {self.log_path}")
 
         return d.addErrback(timed_out)
 

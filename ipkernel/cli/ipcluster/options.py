@@ -86,6 +86,22 @@ class StartOptions(CommandOptions, tap.Options):
             "the number of engines.",
         ],
         [
+            "mpiexec",
+            None,
+            "mpiexec",
+            "For --launcher mpi: the command that starts MPI programs, with any options of "
+            "its own, split as a shell would, e.g. 'mpiexec.mpich' or 'mpirun "
+            "--oversubscribe'.",
+        ],
+        [
+            "engine-python",
+            None,
+            None,
+            "The Python that runs the engines (default: this one, at the same path on "
+            "every host); it must be of this one's version, with ipkernel installed. For "
+            "--launcher ssh a relative path is taken from the remote home directory.",
+        ],
+        [
             "timeout",
             None,
             30.0,
@@ -115,6 +131,8 @@ class StartOptions(CommandOptions, tap.Options):
         "n": "N",
         "launcher": "NAME",
         "hostfile": "FILE",
+        "engine-python": "PATH",
+        "mpiexec": "COMMAND",
         "timeout": "SECONDS",
         "engine-arg": "ARG",
         "lifeline-fd": "FD",

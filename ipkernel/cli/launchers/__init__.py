@@ -5,11 +5,13 @@ A launcher starts the engines of one cluster in one way (SPEC §8); each is one 
 - :mod:`~ipkernel.cli.launchers.local`: engines on this host, forked from one Python that
   has loaded the engine code (:mod:`ipkernel.cli.forkengines`), or one ``ipengine``
   subprocess each;
-- :mod:`~ipkernel.cli.launchers.mpi`: ``mpiexec -n N <python> -m ipkernel.cli.ipengine ...``;
+- :mod:`~ipkernel.cli.launchers.mpi`: ``<mpiexec> -n N <python> -m ipkernel.cli.ipengine ...``;
 - :mod:`~ipkernel.cli.launchers.ssh`: engines on the hosts of a host file, over ``ssh``,
-  after copying the engine key file there with ``scp``;
+  after checking each host (:mod:`~ipkernel.cli.launchers.hostcheck`) and copying the
+  engine key file there with ``scp``;
 - :mod:`~ipkernel.cli.launchers.slurm`: a batch job (``sbatch``) that runs ``srun <python>
-  -m ipkernel.cli.ipengine ...``, cancelled with ``scancel`` on stop.
+  -m ipkernel.cli.ipengine ...``, watched with ``squeue``
+  (:mod:`~ipkernel.cli.launchers.slurmstate`) and cancelled with ``scancel`` on stop.
 
 :mod:`~ipkernel.cli.launchers.base` holds the contract they share (:class:`Launcher`,
 :class:`EngineCommand`, :class:`LaunchSettings`), :mod:`~ipkernel.cli.launchers.registry`

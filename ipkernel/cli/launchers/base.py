@@ -87,7 +87,8 @@ class LaunchSettings:
     ``key_file`` is the engine key file the controller writes here; ``log_dir`` the
     cluster's log directory; ``hostfile`` the ``--hostfile`` given, if any; ``key_timeout``
     how long to wait for the key file; ``fork`` whether local engines are forked from one
-    Python (``--exec-engines`` turns it off).
+    Python (``--exec-engines`` turns it off); ``mpiexec`` the command that starts MPI
+    programs (``--mpiexec``, as typed: a shell would split it).
     """
 
     key_file: Path
@@ -95,6 +96,7 @@ class LaunchSettings:
     hostfile: str | None = None
     key_timeout: float = 30.0
     fork: bool = True
+    mpiexec: str = "mpiexec"
 
 
 class Launcher:
@@ -126,6 +128,12 @@ class Launcher:
         self.processes: list[ProcessHandle] = []
         #: Called with each process handle as it is added to :attr:`processes`.
         self.on_process: Callable[[ProcessHandle], Any] | None = None
+        #: Called with a line for the user about the engines' progress (a batch job still
+        #: waiting, and why).
+        self.on_report: Callable[[str], Any] | None = None
+        #: Called with what happened when engines already launched will not come, or are
+        #: gone (a batch job that ended).
+        self.on_failure: Callable[[str], Any] | None = None
 
     @classmethod
     def for_cluster(
@@ -143,6 +151,14 @@ class Launcher:
         if self.on_process is not None:
             self.on_process(process)
         return process
+
+    def _report(self, message: str) -> None:
+        if self.on_report is not None:
+            self.on_report(message)
+
+    def _fail(self, message: str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(message)
 
     def check(self) -> None:
         """Raise :class:`LauncherError` if a program this launcher needs is not on PATH."""

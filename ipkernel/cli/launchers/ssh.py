@@ -1,7 +1,9 @@
 """The ``ssh`` launcher: engines on the hosts of a host file, after copying the key file there.
 
-A host file has ``host [n_engines]`` per line (:func:`parse_host_file`); each host needs the
-same Python at the same path, with ipkernel installed, and ssh logins without a password.
+A host file has ``host [n_engines]`` per line (:func:`parse_host_file`); each host needs a
+Python of this one's version with ipkernel installed (by default at the same path), and ssh
+logins without a password. Every host is checked first (:mod:`.hostcheck`), so that one
+message lists every host that cannot run engines, and why, before any engine starts.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 
 from ipkernel.cli.launchers.base import (
     EngineCommand,
@@ -21,6 +23,8 @@ from ipkernel.cli.launchers.base import (
     LaunchSettings,
     wait_for_file,
 )
+from ipkernel.cli.launchers.hostcheck import diagnose, prepare_command
+from ipkernel.cli.lifeline import OPTION as LIFELINE_OPTION
 from ipkernel.cli.processes import DEFAULT_GRACE, ProcessRunner, terminate
 
 __all__ = ["HostEntry", "SSHLauncher", "parse_host_file"]
@@ -73,14 +77,19 @@ def parse_host_file(text: str, source: str = "the host file") -> list[HostEntry]
 class SSHLauncher(Launcher):
     """Engines on other hosts over ``ssh``, as many per host as the host file says.
 
-    The hosts need the same Python at the same path (``command.python``, by default this
-    one) with ipkernel installed, and ssh logins that need no password (the commands run
-    with ``BatchMode=yes``). For each host the launcher waits for the engine key file
-    (``key_file``, written by the controller), creates ``~/.ipkernel/security`` there,
-    copies the key file into it with ``scp -p`` (mode 0600 kept), then runs each engine as
-    ``ssh host 'echo ipengine-pid $$; exec <python> -m ipkernel.cli.ipengine --furl-file
-    <remote key file>'``: the first line of output is the remote engine's PID. Stopping
-    sends ``kill -TERM`` to those PIDs over ssh, then ends the local ssh clients.
+    The hosts need a Python of this one's version with ipkernel installed, at
+    ``command.python`` (by default this one's path; ``--engine-python``), and ssh logins
+    that need no password (the commands run with ``BatchMode=yes``). Starting runs, on every
+    host at once, one ``ssh`` that creates ``~/.ipkernel/security`` (0700) and checks that
+    Python (:mod:`.hostcheck`); if any host fails, nothing starts and the
+    :class:`LauncherError` lists each such host with what to do. Then, once the controller
+    has written the engine key file (``key_file``), it is copied to each host with ``scp
+    -p`` (mode 0600 kept), and each engine runs as ``ssh host 'echo ipengine-pid $$; exec
+    <python> -m ipkernel.cli.ipengine --furl-file <remote key file>'``: the first line of
+    output is the remote engine's PID. Stopping sends ``kill -TERM`` to those PIDs over
+    ssh, then ends the local ssh clients. Each engine also watches its standard input,
+    which the local ssh client's carries: should ipcluster be killed, or the connection
+    be lost, the remote engines end too.
 
     The controller must listen where the hosts can reach it (``--ip 0.0.0.0`` and, if
     needed, ``--location``).
@@ -96,7 +105,9 @@ class SSHLauncher(Launcher):
     }
     #: Where the key file goes on each host, relative to the remote home directory.
     REMOTE_KEY_FILE = ".ipkernel/security/ipcontroller-engine.furl"
-    SSH_OPTIONS = ("-o", "BatchMode=yes")
+    # No password prompts (there is no terminal to answer them); give up on a host that
+    # does not answer within 10 s rather than TCP's minutes.
+    SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
     PID_MARKER = "ipengine-pid"
 
     def __init__(
@@ -135,12 +146,11 @@ class SSHLauncher(Launcher):
 
     # Command lines (public so that they can be checked without running them).
 
-    def mkdir_argv(self, host: str) -> list[str]:
-        """The command that creates the remote security directory (mode 0700)."""
+    def prepare_argv(self, host: str) -> list[str]:
+        """The command that creates the remote security directory (mode 0700) and checks
+        the engines' Python there (:func:`~.hostcheck.prepare_command`)."""
         remote_dir = str(Path(self.REMOTE_KEY_FILE).parent)
-        quoted = shlex.quote(remote_dir)
-        script = f"umask 077 && mkdir -p {quoted} && chmod 700 {quoted}"
-        return ["ssh", *self.SSH_OPTIONS, host, script]
+        return ["ssh", *self.SSH_OPTIONS, host, prepare_command(remote_dir, self.command.python)]
 
     def copy_argv(self, host: str) -> list[str]:
         """The ``scp`` command that copies the engine key file to ``host``."""
@@ -154,8 +164,15 @@ class SSHLauncher(Launcher):
         ]
 
     def engine_argv(self, host: str) -> list[str]:
-        """The ``ssh`` command that runs one engine on ``host`` and reports its PID first."""
-        engine = shlex.join(self.command.argv(furl_file=self.REMOTE_KEY_FILE))
+        """The ``ssh`` command that runs one engine on ``host`` and reports its PID first.
+
+        The engine's lifeline is its standard input (``--lifeline-fd 0``), which ``ssh``
+        carries from the local ssh client's: held open by ipcluster (:meth:`start`), it
+        ends when ipcluster or the ssh connection does, and the engine with it.
+        """
+        engine = shlex.join(
+            [*self.command.argv(furl_file=self.REMOTE_KEY_FILE), LIFELINE_OPTION, "0"]
+        )
         return ["ssh", *self.SSH_OPTIONS, host, f"echo {self.PID_MARKER} $$; exec {engine}"]
 
     def kill_argv(self, host: str, pids: Sequence[int]) -> list[str]:
@@ -169,17 +186,17 @@ class SSHLauncher(Launcher):
 
     @defer.inlineCallbacks
     def start(self, n: int) -> Deferred:
-        yield wait_for_file(self.runner.clock, self.key_file, self.key_timeout)
         hosts = list(dict.fromkeys(entry.host for entry in self.hosts))
-        for argvs in ([self.mkdir_argv(h) for h in hosts], [self.copy_argv(h) for h in hosts]):
-            results = yield defer.gatherResults(
-                [self.runner.run(argv) for argv in argvs], consumeErrors=True
-            ).addErrback(lambda f: f.value.subFailure)
-            for argv, (code, output) in zip(argvs, results, strict=True):
-                if code != 0:
-                    raise LauncherError(
-                        f"{shlex.join(argv)} failed (exit code {code}): {output.strip()}"
-                    )
+        # The hosts are checked while the controller starts and writes the key file.
+        key_written = wait_for_file(self.runner.clock, self.key_file, self.key_timeout)
+        try:
+            yield self._each_host(hosts, self.prepare_argv, self._check_failed)
+        except LauncherError:
+            key_written.cancel()
+            key_written.addErrback(lambda f: f.trap(CancelledError))
+            raise
+        yield key_written
+        yield self._each_host(hosts, self.copy_argv, self._copy_failed)
         for entry in self.hosts:
             for _ in range(entry.engines):
                 self._add(
@@ -187,9 +204,45 @@ class SSHLauncher(Launcher):
                         "ssh-engine",
                         self.engine_argv(entry.host),
                         on_line=self._pid_catcher(entry.host),
+                        hold_stdin=True,
                     )
                 )
         return self.engine_count
+
+    @defer.inlineCallbacks
+    def _each_host(
+        self,
+        hosts: Sequence[str],
+        argv_for: Callable[[str], list[str]],
+        failed: Callable[[str, int, str], str | None],
+    ) -> Deferred:
+        """Run ``argv_for(host)`` on every host at once; raise :class:`LauncherError`
+        listing every host for which ``failed(host, code, output)`` says what is wrong."""
+        results = yield defer.gatherResults(
+            [self.runner.run(argv_for(host)) for host in hosts], consumeErrors=True
+        ).addErrback(lambda f: f.value.subFailure)
+        problems = [
+            problem
+            for host, (code, output) in zip(hosts, results, strict=True)
+            if (problem := failed(host, code, output)) is not None
+        ]
+        if problems:
+            count = f"{len(problems)} of {len(hosts)} hosts"
+            raise LauncherError(
+                f"{count} cannot run engines:\n" + "\n".join(f"  {p}" for p in problems)
+            )
+
+    def _check_failed(self, host: str, code: int, output: str) -> str | None:
+        return diagnose(host, self.command.python, code, output)
+
+    def _copy_failed(self, host: str, code: int, output: str) -> str | None:
+        if code == 0:
+            return None
+        last = output.strip().splitlines()[-1:] or ["no output"]
+        return (
+            f"{host}: copying the engine key file failed (scp exit code {code}: {last[0]}); "
+            f"check that 'scp {self.key_file} {host}:{self.REMOTE_KEY_FILE}' works"
+        )
 
     def _pid_catcher(self, host: str) -> Callable[[str], None]:
         seen = []
