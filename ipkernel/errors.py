@@ -24,6 +24,7 @@ from typing import Any, NoReturn, TextIO
 __all__ = [
     "WIRE_ERRORS",
     "ClientUnusable",
+    "ClusterError",
     "CompositeError",
     "ControllerUnreachable",
     "EngineError",
@@ -298,6 +299,13 @@ class ClientUnusable(IPKernelError, RuntimeError):
     For example in a process forked after the client was made (its reactor thread does
     not exist there), or when called from the reactor thread itself, where blocking
     would deadlock.
+    """
+
+
+class ClusterError(IPKernelError):
+    """A cluster cannot start or run; the message says what failed and where to look.
+
+    Reported by ``ipcluster`` and raised by :class:`ipkernel.Cluster`.
     """
 
 
