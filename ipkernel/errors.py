@@ -39,6 +39,7 @@ __all__ = [
     "StaleKeyFile",
     "TaskAborted",
     "TransferError",
+    "WrongKeyFile",
     "error_from_wire",
     "error_to_wire",
     "format_error_line",
@@ -293,6 +294,12 @@ class StaleKeyFile(IPKernelError):
         )
 
 
+class WrongKeyFile(IPKernelError):
+    """A client or engine was given the key file of another role, for example the Task
+    key file to ``MultiEngineClient``; the message names the key file, the role it grants
+    and the one needed."""
+
+
 class ClientUnusable(IPKernelError, RuntimeError):
     """The client cannot serve this call.
 
@@ -325,6 +332,7 @@ WIRE_ERRORS: dict[str, type[Exception]] = {
         KeyFileNotFound,
         ControllerUnreachable,
         StaleKeyFile,
+        WrongKeyFile,
         ClientUnusable,
         ValueError,
         IndexError,
