@@ -24,6 +24,7 @@ from typing import Any, NoReturn, TextIO
 __all__ = [
     "WIRE_ERRORS",
     "ClientUnusable",
+    "ClusterError",
     "CompositeError",
     "ControllerRestarted",
     "ControllerUnreachable",
@@ -39,6 +40,7 @@ __all__ = [
     "StaleKeyFile",
     "TaskAborted",
     "TransferError",
+    "WrongKeyFile",
     "error_from_wire",
     "error_to_wire",
     "format_error_line",
@@ -304,12 +306,25 @@ class StaleKeyFile(IPKernelError):
         )
 
 
+class WrongKeyFile(IPKernelError):
+    """A client or engine was given the key file of another role, for example the Task
+    key file to ``MultiEngineClient``; the message names the key file, the role it grants
+    and the one needed."""
+
+
 class ClientUnusable(IPKernelError, RuntimeError):
     """The client cannot serve this call.
 
     For example in a process forked after the client was made (its reactor thread does
     not exist there), or when called from the reactor thread itself, where blocking
     would deadlock.
+    """
+
+
+class ClusterError(IPKernelError):
+    """A cluster cannot start or run; the message says what failed and where to look.
+
+    Reported by ``ipcluster`` and raised by :class:`ipkernel.Cluster`.
     """
 
 
@@ -330,6 +345,7 @@ WIRE_ERRORS: dict[str, type[Exception]] = {
         ControllerUnreachable,
         ControllerRestarted,
         StaleKeyFile,
+        WrongKeyFile,
         ClientUnusable,
         ValueError,
         IndexError,

@@ -29,7 +29,7 @@ from ipkernel.controller.service import ControllerService
 from ipkernel.controller.store import ITaskStore, MemoryStore
 from ipkernel.controller.store_payloads import DEFAULT_BUDGET, PayloadShelf
 from ipkernel.controller.store_sqlite import SQLiteStore, payload_directory
-from ipkernel.security import ControllerKeys, previous_ports
+from ipkernel.security import ControllerKeys, previous_ports, roles
 from ipkernel.wire.broker import ServerFactory
 from ipkernel.wire.buffers import tune_allocator
 from ipkernel.wire.keepalive import DEFAULT_PEER_TIMEOUT
@@ -230,11 +230,11 @@ class ControllerListeners(Service):
             return MultiEngineAdapter(controller.multiengine)
 
         reactor = self.reactor
-        engine_root = GateRoot([(keys.engine_secret, engine_avatar)], reactor)
-        client_roles = [(keys.mec_secret, multiengine_avatar)]
+        engine_root = GateRoot([(roles.ENGINE, keys.engine_secret, engine_avatar)], reactor)
+        client_roles = [(roles.MULTIENGINE, keys.mec_secret, multiengine_avatar)]
         task_avatar = getattr(controller, "task_avatar", None)
         if task_avatar is not None:
-            client_roles.append((keys.tc_secret, task_avatar))
+            client_roles.append((roles.TASK, keys.tc_secret, task_avatar))
         client_root = GateRoot(client_roles, reactor)
 
         engine_port = opts["engine-port"] or old_engine_port or 0

@@ -49,6 +49,7 @@ from ipkernel.cli.processes import (
     process_alive,
     terminate,
 )
+from ipkernel.errors import ClusterError
 from tests.cluster import child_env
 from tests.commands import CLIProcess, gone, kill_if_ours, wait_for
 
@@ -805,7 +806,7 @@ class ClusterStateTests(SynchronousTestCase):
         forker = self.spawned("forkengines")
         forker.childDataReceived(2, b"ImportError: no module named foo\n")
         forker.processEnded(Failure(ProcessTerminated(exitCode=1)))
-        error = self.failureResultOf(d, ipcluster.ClusterError).value
+        error = self.failureResultOf(d, ClusterError).value
         self.assertIn("(forkengines) (pid 1001) exited with code 1", str(error))
         self.assertIn("ImportError: no module named foo", str(error))
         stopping = cluster.stop()
@@ -828,7 +829,7 @@ class ClusterStateTests(SynchronousTestCase):
         cluster = self.make("-n", "1", "--timeout", "2")
         d = cluster.start()
         self.runner.clock.pump([0.025] * 90)
-        error = self.failureResultOf(d, ipcluster.ClusterError).value
+        error = self.failureResultOf(d, ClusterError).value
         self.assertIn("the controller wrote no key file", str(error))
         self.assertIn("within 2 s (--timeout)", str(error))
 

@@ -109,6 +109,7 @@ def check(ex):
     expect(ValueError, ex.map, pow, [1], chunksize=0)
 
     # map with a timeout: TimeoutError once a result is late; the late call is cancelled
+    # (a task is aborted; a MultiEngine call, sent, runs to its end)
     start = time.monotonic()
     results = ex.map(slow, [0, 6], timeout=3)
     assert next(results) == 0
@@ -203,12 +204,34 @@ expect(RuntimeError, ex.submit, pow, 1, 1)
 
 with mec.executor(targets=[ids[1]]) as ex:
     assert {f.result(timeout=30) for f in [ex.submit(where) for _ in range(3)]} == {ids[1]}
-    # Cancelling a call already sent drops its result.
+    # A call not sent yet is withdrawn: cancel() says True and it never runs. (The
+    # reactor thread, which sends the calls, is held until the call is cancelled.)
+    def mark():
+        import __main__
+        __main__.marked = True
+
+    def marked():
+        import __main__
+        return getattr(__main__, "marked", False)
+
+    from ipkernel.client.blocking import get_bridge
+
+    hold = threading.Event()
+    get_bridge().reactor.callFromThread(hold.wait, 30)
+    unsent = ex.submit(mark)
+    assert unsent.cancel() is True and unsent.cancelled()
+    hold.set()
+    expect(cf.CancelledError, unsent.result, 5)
+    # The engine runs its calls in order: had mark been sent, it would have run first.
+    assert ex.submit(marked).result(timeout=30) is False
+
+    # A call sent to its engine is running for concurrent.futures: cancel() says False
+    # and the call completes.
     busy = ex.submit(slow, 0.5, "busy")
     late = ex.submit(slow, 0.01, "late")
-    assert late.cancel() is True
-    expect(cf.CancelledError, late.result, 5)
-    assert busy.result(timeout=30) == "busy"
+    poll(late.running, "the call to be sent")
+    assert late.cancel() is False and not late.cancelled()
+    assert busy.result(timeout=30) == "busy" and late.result(timeout=30) == "late"
 expect(ValueError, mec.executor, targets="some")
 print("MULTIENGINE EXECUTOR OK")
 """
@@ -247,8 +270,9 @@ class MultiEngineExecutorTests(TestCase):
     @inlineCallbacks
     def test_round_robin_and_concurrent_futures_usage(self):
         """mec.executor() sends each call to the next target engine in turn and does
-        what concurrent.futures documents, as the task executor does; cancelling a call
-        already sent drops its result."""
+        what concurrent.futures documents, as the task executor does; a call not sent
+        yet is cancelled and never runs, one already sent counts as running: cancel()
+        returns False and its result arrives."""
         cluster = Cluster(self, n=2)
         yield cluster.start()
         result = cluster.run_script(MULTIENGINE_EXECUTOR)

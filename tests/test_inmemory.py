@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from ipkernel.adapters.gate import GateRoot
 from ipkernel.adapters.pb_multiengine import MultiEngineAdapter
+from ipkernel.adapters.pb_task import task_avatar_factory
 from ipkernel.client.multiengine_async import AsyncMultiEngineClient
 from ipkernel.controller.service import ControllerService
 from ipkernel.engine.core import EngineCore
@@ -20,15 +21,23 @@ from ipkernel.engine.interpreter import Interpreter
 from ipkernel.engine.properties import Properties
 from ipkernel.engine.service import EngineService
 from ipkernel.errors import CompositeError, InvalidEngineID
+from ipkernel.security import roles
 from ipkernel.wire.broker import ClientFactory, ServerFactory
 
 SECRET = "s" * 43
+TASK_SECRET = "t" * 43
 
 
 class Grid:
     """A controller service with ``n`` in-process engines and one connected client."""
 
-    def __init__(self, testcase: SynchronousTestCase, n: int = 2, secret: str = SECRET) -> None:
+    def __init__(
+        self,
+        testcase: SynchronousTestCase,
+        n: int = 2,
+        secret: str = SECRET,
+        role: str = roles.MULTIENGINE,
+    ) -> None:
         self.testcase = testcase
         self.clock = Clock()
         self.service = ControllerService(clock=self.clock)
@@ -38,7 +47,15 @@ class Grid:
             self.service.register_engine(core)
             self.engines.append(core)
         root = GateRoot(
-            [(SECRET, lambda broker: MultiEngineAdapter(self.service.multiengine))], self.clock
+            [
+                (
+                    roles.MULTIENGINE,
+                    SECRET,
+                    lambda broker: MultiEngineAdapter(self.service.multiengine),
+                ),
+                (roles.TASK, TASK_SECRET, task_avatar_factory(self.service.tasks)),
+            ],
+            self.clock,
         )
         server_factory, client_factory = ServerFactory(root), ClientFactory()
         _, _, self.pump = connectedServerAndClient(
@@ -46,7 +63,7 @@ class Grid:
             lambda: client_factory.buildProtocol(None),
         )
         d = client_factory.getRootObject()
-        d.addCallback(lambda root: root.callRemote("login", secret))
+        d.addCallback(lambda root: root.callRemote("login", secret, role))
         self.pump.flush()
         self.login = d
 
@@ -70,6 +87,24 @@ class InMemoryGridTests(SynchronousTestCase):
         grid = Grid(self, secret="wrong")
         failure = self.failureResultOf(grid.login)
         self.assertIn("StaleKeyFile", str(failure.value))
+
+    def test_other_roles_secret_is_refused_naming_both_roles(self):
+        """The secret of another role served on the port (the Task key given to a
+        MultiEngine client, or the reverse) gets WrongKeyFile naming the role the key
+        grants and the one asked for, and no avatar."""
+        for secret, role, held, wanted in (
+            (TASK_SECRET, roles.MULTIENGINE, "a Task client", "a MultiEngine client"),
+            (SECRET, roles.TASK, "a MultiEngine client", "a Task client"),
+            (SECRET, "nonsense", "a MultiEngine client", "an unknown role 'nonsense'"),
+        ):
+            grid = Grid(self, secret=secret, role=role)
+            failure = self.failureResultOf(grid.login)
+            message = str(failure.value)
+            self.assertIn("WrongKeyFile", message)
+            self.assertIn(f"is the key file for {held}", message)
+            self.assertIn(f"but {wanted}", message)
+        grid = Grid(self, secret=TASK_SECRET, role=roles.TASK)
+        self.successResultOf(grid.login)
 
     def test_execute_push_pull_through_the_adapter(self):
         """The async client's calls cross PB and the core and come back decoded."""

@@ -22,9 +22,9 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import ipkernel
+from ipkernel import Cluster, ClusterError
 from ipkernel.cli.ipcluster.pidfile import PID_FILE
 from ipkernel.cli.processes import process_alive
-from ipkernel.cluster import Cluster, ClusterError
 from ipkernel.cluster.keywords import ipcluster_args
 from tests.cluster import child_env, stop_process
 from tests.commands import CLIProcess, kill_if_ours, wait_for
@@ -34,8 +34,7 @@ DEADLINE = 30.0
 PREAMBLE = """\
 import gc, json, os, sys, threading
 from pathlib import Path
-from ipkernel import Cluster, client
-from ipkernel.cluster import ClusterError
+from ipkernel import Cluster, ClusterError, client
 from ipkernel.cli.ipcluster.pidfile import read_pid_file
 from ipkernel.cli.processes import process_alive
 

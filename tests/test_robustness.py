@@ -12,8 +12,10 @@ from twisted.trial.unittest import TestCase
 
 from ipkernel import paths
 from ipkernel.client.multiengine_async import AsyncMultiEngineClient
-from ipkernel.errors import ControllerUnreachable, KeyFileNotFound, StaleKeyFile
-from ipkernel.security import KeyFile, read_key_file, write_key_file
+from ipkernel.client.task_async import AsyncTaskClient
+from ipkernel.errors import ControllerUnreachable, KeyFileNotFound, StaleKeyFile, WrongKeyFile
+from ipkernel.security import KeyFile, read_key_file, roles, write_key_file
+from ipkernel.wire.connect import login
 from tests.cluster import Cluster, poll
 from tests.tlshelpers import client_tls_options
 
@@ -65,7 +67,10 @@ class KeyFileTests(TestCase):
 
     @inlineCallbacks
     def test_key_file_errors(self):
-        """Missing, unreachable, stale and wrong-role key files each say what is wrong."""
+        """Missing, unreachable, stale and wrong-role key files each say what is wrong: a
+        key file of another role (the Task key to a MultiEngine client, the engine key to
+        a client, a client key to an engine) names the key file, the role it grants and
+        the role needed, instead of failing on the first call."""
         cluster = Cluster(self, n=1)
         mec = yield cluster.start()
         security = cluster.security
@@ -106,6 +111,28 @@ class KeyFileTests(TestCase):
             good.fingerprint, engine_key.host, engine_key.port, good.secret
         )
         yield self.assertFailure(self.connect(client_secret_on_engine_port), StaleKeyFile)
+
+        # The key file of another role is refused naming the file, the role it grants
+        # and the one needed, for clients and engines alike.
+        tc_file = security / paths.TC_FURL
+        error = yield self.assertFailure(cluster.connect(tc_file), WrongKeyFile)
+        self.assertIn(
+            f"{tc_file} is the key file for a Task client (ipcontroller-tc.furl), but a "
+            "MultiEngine client (ipcontroller-mec.furl) needs its own",
+            str(error),
+        )
+        error = yield self.assertFailure(self.connect(engine_key), WrongKeyFile)
+        self.assertIn(
+            "test key is the key file for an engine (ipcontroller-engine.furl)", str(error)
+        )
+        error = yield self.assertFailure(
+            AsyncTaskClient.connect(reactor, good, "test key"), WrongKeyFile
+        )
+        self.assertIn("but a Task client (ipcontroller-tc.furl) needs its own", str(error))
+        error = yield self.assertFailure(
+            login(reactor, good, roles.ENGINE, source="engine key"), WrongKeyFile
+        )
+        self.assertIn("but an engine (ipcontroller-engine.furl) needs its own", str(error))
 
         # A stale file on disk is reported with its path.
         stale = security / "stale.furl"

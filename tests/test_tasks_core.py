@@ -61,6 +61,7 @@ from ipkernel.interfaces.records import (
     unpack_results,
 )
 from ipkernel.interfaces.task import ITaskController
+from ipkernel.security import roles
 from ipkernel.serialization import (
     deserialize,
     deserialize_failure,
@@ -916,14 +917,14 @@ class Grid:
                 lambda version, core=core: self.service.properties_changed(core.id, version)
             )
             self.engines.append(core)
-        root = GateRoot([(SECRET, task_avatar_factory(self.service.tasks))], self.clock)
+        root = GateRoot([(roles.TASK, SECRET, task_avatar_factory(self.service.tasks))], self.clock)
         server_factory, client_factory = ServerFactory(root), ClientFactory()
         _, _, self.pump = connectedServerAndClient(
             lambda: server_factory.buildProtocol(None),
             lambda: client_factory.buildProtocol(None),
         )
         d = client_factory.getRootObject()
-        d.addCallback(lambda root: root.callRemote("login", SECRET))
+        d.addCallback(lambda root: root.callRemote("login", SECRET, roles.TASK))
         self.pump.flush()
         avatar = testcase.successResultOf(d)
         avatar.broker.raise_limits()

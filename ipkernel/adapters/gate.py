@@ -1,10 +1,12 @@
 """The login gate: the root object of each listening port.
 
-A connection gets a :class:`Gate` of its own. Its one remote method, ``login(secret)``,
-checks the secret in constant time against every role the port serves and hands back that
-role's avatar. Until then the connection's broker keeps its small pre-authentication
-limits; after a good secret both ends raise them (the client does so on its side).
-A wrong secret is answered with ``StaleKeyFile`` and the connection is dropped.
+A connection gets a :class:`Gate` of its own. Its one remote method,
+``login(secret, role)``, checks the secret in constant time against every role the port
+serves and hands back that role's avatar if it is the role asked for
+(:mod:`ipkernel.security.roles`). Until then the connection's broker keeps its small
+pre-authentication limits; after a good login both ends raise them (the client does so on
+its side). A wrong secret is answered with ``StaleKeyFile``, the secret of another role
+with ``WrongKeyFile`` naming both roles; either way the connection is dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from twisted.spread.flavors import IPBRoot
 from zope.interface import implementer
 
 from ipkernel.security import check_secret
+from ipkernel.security.roles import wrong_role_message
 from ipkernel.wire.errors import WireError
 
 AvatarFactory = Callable[[pb.Broker], pb.Referenceable]
@@ -24,13 +27,14 @@ AvatarFactory = Callable[[pb.Broker], pb.Referenceable]
 
 @implementer(IPBRoot)
 class GateRoot:
-    """One per listening port: ``roles`` maps each role's secret to its avatar factory.
+    """One per listening port: ``roles`` lists ``(name, secret, avatar factory)`` for
+    each role the port serves (names from :mod:`ipkernel.security.roles`).
 
     ``clock`` (an ``IReactorTime``) is what each connection's :class:`Gate` uses to hang
     up after a refusal has been sent.
     """
 
-    def __init__(self, roles: list[tuple[str, AvatarFactory]], clock: IReactorTime) -> None:
+    def __init__(self, roles: list[tuple[str, str, AvatarFactory]], clock: IReactorTime) -> None:
         self.roles = roles
         self._clock = clock
 
@@ -42,26 +46,33 @@ class Gate(pb.Referenceable):
     """A connection's way in: one ``login`` attempt."""
 
     def __init__(
-        self, roles: list[tuple[str, AvatarFactory]], broker: pb.Broker, clock: IReactorTime
+        self,
+        roles: list[tuple[str, str, AvatarFactory]],
+        broker: pb.Broker,
+        clock: IReactorTime,
     ) -> None:
         self._roles = roles
         self._broker = broker
         self._clock = clock
         self._tried = False
 
-    def remote_login(self, secret: object) -> pb.Referenceable:
-        """Return the avatar for ``secret``'s role, or fail with ``StaleKeyFile``."""
+    def remote_login(self, secret: object, role: object) -> pb.Referenceable:
+        """Return the avatar of ``role`` if ``secret`` is its secret; fail with
+        ``StaleKeyFile`` for a secret of no role here, ``WrongKeyFile`` for another
+        role's."""
         if self._tried:
             raise WireError("StaleKeyFile", "only one login is allowed per connection")
         self._tried = True
         chosen = None
         # Check every role so the time taken does not depend on which one matched.
-        for expected, factory in self._roles:
+        for name, expected, factory in self._roles:
             if check_secret(secret, expected) and chosen is None:
-                chosen = factory
-        if chosen is None:
+                chosen = name, factory
+        if chosen is None or chosen[0] != role:
             # Hang up once the refusal below has been sent.
             self._clock.callLater(0, self._broker.transport.loseConnection)
+            if chosen is not None:
+                raise WireError("WrongKeyFile", wrong_role_message(chosen[0], role))
             raise WireError(
                 "StaleKeyFile",
                 "the controller refused the key file's secret: the key file is stale "
@@ -71,4 +82,4 @@ class Gate(pb.Referenceable):
         raise_limits = getattr(self._broker, "raise_limits", None)
         if raise_limits is not None:
             raise_limits()
-        return chosen(self._broker)
+        return chosen[1](self._broker)

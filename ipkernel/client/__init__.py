@@ -32,6 +32,7 @@ from ipkernel.errors import (
     SerializationError,
     StaleKeyFile,
     TaskAborted,
+    WrongKeyFile,
 )
 
 __all__ = [
@@ -58,4 +59,5 @@ __all__ = [
     "TaskAborted",
     "TaskClient",
     "TaskResult",
+    "WrongKeyFile",
 ]

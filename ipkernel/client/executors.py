@@ -21,10 +21,17 @@ blocking client call there (``submit`` is fine: it never blocks). A future is al
 awaitable in asyncio (``await ex.submit(f, x)``).
 
 ``Future.cancel()`` stops the work it stands for: a call not sent yet is never sent; a
-task is aborted (``tc.abort``), queued or running, and its engine stays usable. It
-returns ``True`` unless the result had already arrived. The MultiEngine interface has no
-way to withdraw one call from an engine's queue: a MultiEngine call already sent still
-runs there, and its result is dropped.
+task is aborted (``tc.abort``), queued or running, and its engine stays usable. For a
+task it returns ``True`` unless the result had already arrived.
+
+A MultiEngine call, once sent, can no longer be cancelled: ``cancel()`` returns
+``False``, and ``running()`` is ``True`` from then on (as for a call a
+``ThreadPoolExecutor`` has started). The MultiEngine interface cannot stop that one
+call: the engine's queue, which it joins behind every client's commands, can only be
+cleared as a whole (``clear_queue`` drops the others' too), and ``interrupt`` stops
+whatever runs on the engine at that moment, which nothing tells the client is this
+call. Holding calls back in the client until the engine is free would let the client's
+other commands overtake them. Stop a call that runs with ``mec.interrupt(targets)``.
 """
 
 from __future__ import annotations
@@ -69,7 +76,8 @@ def call_chunk(fn: Callable[..., Any], calls: Sequence[tuple]) -> list[Any]:
 
 
 class ClientFuture(concurrent.futures.Future):
-    """A future of one call made through an executor; :meth:`cancel` stops the call.
+    """A future of one call made through an executor; :meth:`cancel` stops the call, or
+    says it cannot (see the module's notes).
 
     :attr:`taskid` is the task's id (:class:`TaskExecutor`) once it has one, else
     ``None``.
@@ -83,8 +91,8 @@ class ClientFuture(concurrent.futures.Future):
         self.sent = False
 
     def cancel(self) -> bool:
-        """Cancel the call, sent or not (see the module's notes); ``True`` unless its
-        result had already arrived."""
+        """Cancel the call; ``False`` if its result has arrived or, for a MultiEngine
+        call, once it has been sent (see the module's notes)."""
         with self._cancelling:
             if self.cancelled():
                 return True
@@ -95,6 +103,12 @@ class ClientFuture(concurrent.futures.Future):
             self.set_running_or_notify_cancel()
         self._on_cancel(self)
         return True
+
+    def start(self) -> bool:
+        """Mark the call as started, past cancelling (:meth:`running` becomes true);
+        ``False`` if it was cancelled first, and then it must not start."""
+        with self._cancelling:
+            return not self.cancelled() and self.set_running_or_notify_cancel()
 
     def __await__(self) -> Generator[Any, None, Any]:
         """``await future`` in a running asyncio loop, without blocking it."""
@@ -368,8 +382,9 @@ class MultiEngineExecutor(_ClientExecutor):
     Made by ``MultiEngineClient.executor(targets)``. Each ``submit`` is one call on one
     engine, queued there behind that engine's other commands, and runs in the engine's
     namespace's ``__main__``; a ``map`` makes one call per chunk. A failed call's future
-    raises the engine's exception (or ``EngineError``). Cancelling a call already sent
-    drops its result: the engine still runs it.
+    raises the engine's exception (or ``EngineError``). A call not sent yet can be
+    cancelled; once sent it is running for ``concurrent.futures`` (``cancel()`` returns
+    ``False``): see the module's notes.
     """
 
     def __init__(self, bridge: Any, client: Any, targets: Sequence[int]) -> None:
@@ -390,8 +405,8 @@ class MultiEngineExecutor(_ClientExecutor):
 
     def _start(self, jobs: list[Any], futures: list[ClientFuture], batch: bool) -> None:
         for (fn, args, kwargs), future in zip(jobs, futures, strict=True):
-            if future.cancelled():
-                continue
+            if not future.start():
+                continue  # cancelled before it left: it never runs
             engine_id = self._targets[self._turn % len(self._targets)]
             self._turn += 1
             future.sent = True

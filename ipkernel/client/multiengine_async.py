@@ -33,6 +33,7 @@ from ipkernel.errors import SerializationError
 from ipkernel.frames import Serialized
 from ipkernel.interfaces.multiengine import check_targets
 from ipkernel.security import KeyFile
+from ipkernel.security.roles import MULTIENGINE
 from ipkernel.serialization import deserialize, deserialize_failure, dump
 from ipkernel.wire.connect import login
 from ipkernel.wire.received import ReceivedPayload
@@ -80,7 +81,7 @@ class AsyncMultiEngineClient(ControllerConnection):
     ) -> Deferred:
         """Log in to the controller of ``keyfile``; fires with a connected client."""
         transport_mode(transport)  # a bad value fails before connecting
-        d = login(reactor, keyfile, source=source)
+        d = login(reactor, keyfile, MULTIENGINE, source=source)
         return d.addCallback(cls, reactor, source, transport)
 
     # Plumbing: every engine call goes through _call / _call_each.

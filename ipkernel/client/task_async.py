@@ -48,6 +48,7 @@ from ipkernel.client.task_payloads import TaskPayloads
 from ipkernel.client.task_types import BaseTask, MapTask, TaskResult, task_to_wire
 from ipkernel.errors import ControllerRestarted, IPKernelError
 from ipkernel.security import KeyFile
+from ipkernel.security.roles import TASK
 from ipkernel.wire.connect import login
 from ipkernel.wire.transfer import transport_mode
 
@@ -97,7 +98,7 @@ class AsyncTaskClient(ControllerConnection):
     ):
         """Log in to the Task interface of ``keyfile``'s controller; fires with a client."""
         transport_mode(transport)  # a bad value fails before connecting
-        avatar = yield login(reactor, keyfile, source=source)
+        avatar = yield login(reactor, keyfile, TASK, source=source)
         client = cls(avatar, reactor, source, transport)
         yield client._payloads.negotiate(client._remote)
         return client

@@ -9,10 +9,10 @@
 Modules: :mod:`~ipkernel.cluster.cluster` (the :class:`Cluster`),
 :mod:`~ipkernel.cluster.keywords` (its options: ``ipcluster start``'s),
 :mod:`~ipkernel.cluster.process` (the ``ipcluster`` it runs as a child process).
-:class:`ClusterError` is the error ``ipcluster`` reports and :class:`Cluster` raises.
+:class:`~ipkernel.errors.ClusterError` is the error ``ipcluster`` reports and
+:class:`Cluster` raises.
 """
 
-from ipkernel.cli.ipcluster.cluster import ClusterError
 from ipkernel.cluster.cluster import Cluster
 
-__all__ = ["Cluster", "ClusterError"]
+__all__ = ["Cluster"]

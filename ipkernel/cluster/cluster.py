@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import ipkernel
 from ipkernel import paths
-from ipkernel.cli.ipcluster.cluster import GRACE, ClusterError
+from ipkernel.cli.ipcluster.cluster import GRACE
 from ipkernel.cli.ipcluster.pidfile import PID_FILE, process_runs, read_pid_file
 from ipkernel.cli.ipcluster.stop import stop_ipcluster
 from ipkernel.cluster.keywords import ipcluster_args
 from ipkernel.cluster.process import IPClusterProcess
+from ipkernel.errors import ClusterError
 
 if TYPE_CHECKING:
     from ipkernel.client import MultiEngineClient, TaskClient

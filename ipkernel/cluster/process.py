@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import IO
 
-from ipkernel.cli.ipcluster.cluster import ClusterError
 from ipkernel.cli.ipcluster.output import RUNNING
 from ipkernel.cli.ipcluster.pidfile import ClusterRecord, read_pid_file, stop_leftovers
 from ipkernel.cli.lifeline import OPTION, Lifeline
+from ipkernel.errors import ClusterError
 
 __all__ = ["IPClusterProcess"]
 

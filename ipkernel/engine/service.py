@@ -25,6 +25,7 @@ from ipkernel.engine.core import EngineCore
 from ipkernel.errors import KeyFileNotFound, TransferError
 from ipkernel.interfaces.engine import QUEUED_COMMANDS
 from ipkernel.security import read_key_file
+from ipkernel.security.roles import ENGINE
 from ipkernel.wire.connect import login
 from ipkernel.wire.keepalive import DEFAULT_PEER_TIMEOUT
 from ipkernel.wire.outgoing import OutgoingPayload
@@ -168,7 +169,13 @@ class EngineService(Service):
         except (KeyFileNotFound, ValueError) as exc:
             self._retry(str(exc))
             return
-        d = login(self.reactor, keyfile, source=str(self.furl_file), peer_timeout=self.peer_timeout)
+        d = login(
+            self.reactor,
+            keyfile,
+            ENGINE,
+            source=str(self.furl_file),
+            peer_timeout=self.peer_timeout,
+        )
         d.addCallback(self._register)
         d.addErrback(lambda f: self._retry(f.getErrorMessage()))
 

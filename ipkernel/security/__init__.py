@@ -20,6 +20,8 @@ Modules:
 - :mod:`~ipkernel.security.keyfiles`: :class:`KeyFile`, :func:`read_key_file`,
   :func:`write_key_file`, the key file format;
 - :mod:`~ipkernel.security.role_secrets`: :func:`new_secret`, :func:`check_secret`;
+- :mod:`~ipkernel.security.roles`: the roles' names, asked for at login, and what
+  each grants;
 - :mod:`~ipkernel.security.controller_keys`: :class:`ControllerKeys`,
   :func:`previous_ports`, everything the controller writes to its security directory,
   kept across restarts with ``--reuse-keys``;

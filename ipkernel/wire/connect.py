@@ -3,7 +3,8 @@
 Used by engines and clients alike. :func:`login` fires with the role's avatar (a PB
 ``RemoteReference``) or errbacks with an error that says what to do:
 :class:`~ipkernel.errors.ControllerUnreachable` (address and port),
-:class:`~ipkernel.errors.StaleKeyFile` (wrong certificate or secret). :func:`relogin`
+:class:`~ipkernel.errors.StaleKeyFile` (wrong certificate or secret),
+:class:`~ipkernel.errors.WrongKeyFile` (the key file of another role). :func:`relogin`
 gives, for an avatar, the way to log in again as it did: after a controller restart
 (``--reuse-keys``) the same key file opens the same role.
 """
@@ -19,7 +20,7 @@ from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost,
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from ipkernel.errors import ControllerUnreachable, StaleKeyFile
+from ipkernel.errors import ControllerUnreachable, StaleKeyFile, WrongKeyFile
 from ipkernel.security import KeyFile
 from ipkernel.wire.broker import ClientFactory
 from ipkernel.wire.errors import exception_from_failure
@@ -56,12 +57,14 @@ def relogin(avatar: pb.RemoteReference) -> Relogin | None:
 def login(
     reactor,
     keyfile: KeyFile,
+    role: str,
     *,
     source: str = "the key file",
     timeout: float = 10.0,
     peer_timeout: float | None = None,
 ) -> Deferred:
-    """Connect to ``keyfile``'s controller and log in with its secret.
+    """Connect to ``keyfile``'s controller and log in with its secret as ``role`` (a name
+    from :mod:`ipkernel.security.roles`).
 
     Fires with the avatar; ``avatar.broker`` is the connection. ``source`` names the key
     file in error messages. With ``peer_timeout`` (seconds) the connection is dropped once
@@ -107,10 +110,12 @@ def login(
         exc = exception_from_failure(failure)
         if isinstance(exc, StaleKeyFile):
             raise StaleKeyFile(f"{exc} ({source})")
+        if isinstance(exc, WrongKeyFile):
+            raise WrongKeyFile(f"{source} {exc}")
         return Failure(exc) if exc is not failure.value else failure
 
     d = factory.getRootObject()
-    d.addCallback(lambda root: root.callRemote("login", keyfile.secret))
+    d.addCallback(lambda root: root.callRemote("login", keyfile.secret, role))
     d.addCallbacks(logged_in, failed)
     return d
 

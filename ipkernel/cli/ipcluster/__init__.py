@@ -40,8 +40,7 @@ Engines elsewhere: ``--launcher mpi|ssh|slurm`` (see :mod:`ipkernel.cli.launcher
 
 Modules: :mod:`~ipkernel.cli.ipcluster.command` (the command and its reactor),
 :mod:`~ipkernel.cli.ipcluster.options` (its options, and the controller's and engines'
-command lines), :mod:`~ipkernel.cli.ipcluster.cluster` (one running cluster, and
-:class:`ClusterError`),
+command lines), :mod:`~ipkernel.cli.ipcluster.cluster` (one running cluster),
 :mod:`~ipkernel.cli.ipcluster.registration` (waiting for the engines),
 :mod:`~ipkernel.cli.ipcluster.restarts` (which dead engines are replaced),
 :mod:`~ipkernel.cli.ipcluster.output` (what it prints and logs),
@@ -49,7 +48,7 @@ command lines), :mod:`~ipkernel.cli.ipcluster.cluster` (one running cluster, and
 (``ipcluster stop`` and the pid file).
 """
 
-from ipkernel.cli.ipcluster.cluster import ClusterError, ClusterSupervisor, StopRequested
+from ipkernel.cli.ipcluster.cluster import ClusterSupervisor, StopRequested
 from ipkernel.cli.ipcluster.command import main, start_main
 from ipkernel.cli.ipcluster.options import (
     StartOptions,
@@ -61,7 +60,6 @@ from ipkernel.cli.ipcluster.output import connect_lines
 from ipkernel.cli.ipcluster.stop import stop_main
 
 __all__ = [
-    "ClusterError",
     "ClusterSupervisor",
     "StartOptions",
     "StopOptions",

@@ -36,21 +36,14 @@ from ipkernel.cli.launchers import (
     make_launcher,
 )
 from ipkernel.cli.lifeline import Lifeline
-from ipkernel.errors import IPKernelError
+from ipkernel.errors import ClusterError
 
-__all__ = ["GRACE", "ClusterError", "ClusterSupervisor", "StopRequested"]
+__all__ = ["GRACE", "ClusterSupervisor", "StopRequested"]
 
 #: Seconds between SIGTERM and SIGKILL when stopping children.
 GRACE = processes.DEFAULT_GRACE
 # Lines of a failed child's output quoted on the terminal.
 _QUOTED_LINES = 12
-
-
-class ClusterError(IPKernelError):
-    """The cluster cannot start or run; the message says what failed and where to look.
-
-    Reported by ``ipcluster`` and raised by :class:`ipkernel.Cluster`.
-    """
 
 
 class StopRequested(ClusterError):

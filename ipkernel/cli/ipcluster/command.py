@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from ipkernel import paths
 from ipkernel.cli import lifeline
-from ipkernel.cli.ipcluster.cluster import ClusterError, ClusterSupervisor, StopRequested
+from ipkernel.cli.ipcluster.cluster import ClusterSupervisor, StopRequested
 from ipkernel.cli.ipcluster.options import StartOptions
 from ipkernel.cli.ipcluster.output import open_log, running_message
 from ipkernel.cli.ipcluster.pidfile import (
@@ -33,6 +33,7 @@ from ipkernel.cli.ipcluster.pidfile import (
 )
 from ipkernel.cli.ipcluster.stop import stop_main
 from ipkernel.cli.launchers import LauncherError
+from ipkernel.errors import ClusterError
 
 __all__ = ["main", "start_main"]
 

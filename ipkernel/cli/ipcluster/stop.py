@@ -19,7 +19,6 @@ from typing import TextIO
 
 from twisted.python import usage
 
-from ipkernel.cli.ipcluster.cluster import ClusterError
 from ipkernel.cli.ipcluster.options import StopOptions
 from ipkernel.cli.ipcluster.pidfile import (
     pid_file_path,
@@ -29,6 +28,7 @@ from ipkernel.cli.ipcluster.pidfile import (
     stop_leftovers,
     wait_gone,
 )
+from ipkernel.errors import ClusterError
 
 __all__ = ["stop_ipcluster", "stop_main"]
 
