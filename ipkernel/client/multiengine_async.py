@@ -16,6 +16,7 @@ shared memory to engines on this host and as streams to others
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,17 @@ class AsyncMultiEngineClient(ControllerConnection):
     # Large payloads (see ipkernel.client.engine_payloads)
 
     @inlineCallbacks
-    def _send_each(self, ids: list[int], command: str, serialized: list, method: str, turn: Turn):
-        """Run ``command(payload)`` on each target, ``serialized[i]`` going to ``ids[i]``.
+    def _send_each(
+        self,
+        ids: list[int],
+        command: str,
+        serialized: list,
+        method: str,
+        turn: Turn,
+        extra: Sequence = (),
+    ):
+        """Run ``command(payload, *extra)`` on each target, ``serialized[i]`` going to
+        ``ids[i]``.
 
         The request leaves in ``turn``. Segments are closed, and streams still running
         aborted, once the engines have answered.
@@ -158,27 +168,31 @@ class AsyncMultiEngineClient(ControllerConnection):
         payloads: list[Any] = []
         try:
             payloads = self._payloads.pack(ids, serialized)
-            per_target = [[p] for p in payloads]
+            per_target = [[p, *extra] for p in payloads]
             result = yield self._call_each(ids, command, per_target, method, turn)
         finally:
             turn.skip()
             self._payloads.sent(payloads)
         return result
 
-    def _send_same(self, targets: Targets, command: str, ser: Serialized, method: str) -> Deferred:
-        """``command(payload)`` on every target, the same object for all."""
+    def _send_same(
+        self, targets: Targets, command: str, ser: Serialized, method: str, extra: Sequence = ()
+    ) -> Deferred:
+        """``command(payload, *extra)`` on every target, the same object for all."""
         if is_inline(ser):
-            return self._call(targets, command, [ser.frames()], method)
-        return self._send_large(self._turns.reserve(), targets, command, ser, method)
+            return self._call(targets, command, [ser.frames(), *extra], method)
+        return self._send_large(self._turns.reserve(), targets, command, ser, method, extra)
 
     @inlineCallbacks
-    def _send_large(self, turn: Turn, targets: Targets, command: str, ser: Serialized, method):
+    def _send_large(
+        self, turn: Turn, targets: Targets, command: str, ser: Serialized, method, extra
+    ):
         try:
             ids = yield self._payloads.engine_ids(self._remote, targets)
         except BaseException:
             turn.skip()
             raise
-        result = yield self._send_each(ids, command, [ser] * len(ids), method, turn)
+        result = yield self._send_each(ids, command, [ser] * len(ids), method, turn, extra)
         return result
 
     @inlineCallbacks
@@ -223,14 +237,25 @@ class AsyncMultiEngineClient(ControllerConnection):
         """Execute the contents of the local file ``filename`` on the targets."""
         return self.execute(Path(filename).read_text(), targets)
 
-    def push(self, namespace: dict, targets: Targets = "all") -> Deferred:
+    def push(self, namespace: dict, targets: Targets = "all", share: bool = False) -> Deferred:
         """Bind each ``name: value`` of ``namespace`` on the targets; fires with ``[None, ...]``.
 
         Large values are not copied here before they are sent (except into shared
         memory): with ``block=False``, do not change an array until the call is done.
+
+        ``share=True`` pushes read-only data: numpy arrays (and anything else pickled
+        out of band) arrive read-only, a ``bytes`` value arrives as a read-only
+        ``memoryview``. Engines on this host then all map the one shared-memory copy this
+        call writes, and none can change it (a write raises ``ValueError: assignment
+        destination is read-only``), so it is never copied there: pushing 1 GB to 8
+        local engines costs the machine about 1 GB. Engines elsewhere get their own
+        (read-only) copy as usual.
         """
         check_targets(targets)
-        return self._send_same(targets, "push", _serialized(namespace), "push")
+        if share:
+            namespace = _shareable(namespace)
+        extra = [True] if share else []
+        return self._send_same(targets, "push", _serialized(namespace), "push", extra)
 
     def pull(self, keys: str | Sequence[str], targets: Targets = "all") -> Deferred:
         """Fetch one name (``[v0, v1, ...]``) or several (``[[a0, b0], [a1, b1], ...]``)."""
@@ -387,6 +412,17 @@ def _serialized(namespace: dict) -> Serialized:
         for key, value in namespace.items():
             dump(value, name=key)
         raise
+
+
+def _shareable(namespace: dict) -> dict:
+    """``namespace`` with each ``bytes`` value wrapped to travel out of band (so that it
+    can be shared, as a read-only ``memoryview``, instead of rebuilt on each engine)."""
+    if not isinstance(namespace, dict):
+        return namespace  # _serialized says what is wrong
+    return {
+        key: pickle.PickleBuffer(value) if type(value) is bytes else value
+        for key, value in namespace.items()
+    }
 
 
 def _key_list(keys: str | Iterable[str]) -> str | list[str]:
