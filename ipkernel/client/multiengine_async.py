@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks
 from twisted.spread import pb
 
 from ipkernel.client.connection import ControllerConnection
@@ -173,6 +173,47 @@ class AsyncMultiEngineClient(ControllerConnection):
         finally:
             turn.skip()
             self._payloads.sent(payloads)
+        return result
+
+    @inlineCallbacks
+    def _send_pipelined(
+        self,
+        ids: list[int],
+        command: str,
+        serialize: Callable[[int], Serialized],
+        method: str,
+        turn: Turn,
+    ):
+        """Run ``command(payload)`` on each target, ``serialize(i)`` going to ``ids[i]``,
+        one request per target, in ``turn``: each request leaves (the transport writes at
+        once) before the next payload is serialized. Fires as :meth:`_call_each` would.
+        """
+        payloads: list[Any] = []
+        options = self._payloads.reply_options(command)
+        extra = () if options is None else (options,)
+
+        def request() -> Deferred:
+            calls = []
+            for index, engine_id in enumerate(ids):
+                try:
+                    payloads.extend(self._payloads.pack([engine_id], [serialize(index)]))
+                except BaseException:
+                    for call in calls:  # their answers are dropped with this failure
+                        call.addErrback(lambda f: None)
+                    raise
+                calls.append(
+                    self._remote("call_each", [engine_id], command, [[payloads[-1]]], *extra)
+                )
+            d = gatherResults(calls, consumeErrors=True)
+            d.addErrback(lambda failure: failure.value.subFailure)
+            return d.addCallback(lambda rows: [pair for row in rows for pair in row])
+
+        try:
+            pairs = yield turn.ready(request)
+        finally:
+            turn.skip()
+            self._payloads.sent(payloads)
+        result = yield self._results(pairs, method)
         return result
 
     def _send_same(
@@ -334,7 +375,10 @@ class AsyncMultiEngineClient(ControllerConnection):
     def scatter(self, key: str, seq: Sequence, targets: Targets = "all"):
         """Split ``seq`` into contiguous near-equal parts, one per target, bound to ``key``.
 
-        Parts differ in size by at most one, larger first, in target order.
+        Parts differ in size by at most one, larger first, in target order. Large parts
+        are pickled one after the other, each sent as soon as it is ready, so an engine
+        unpickles its part while the next is being pickled; if a part cannot be
+        serialized, the engines before it have had theirs.
         """
         _key_list(key)
         check_targets(targets)
@@ -342,13 +386,22 @@ class AsyncMultiEngineClient(ControllerConnection):
         try:
             ids = yield self._resolve(targets)
             parts = split(seq, len(ids))
-            serialized = [_serialized({key: part}) for part in parts]
-            if all(is_inline(ser) for ser in serialized):
+            serialized = [_serialized({key: parts[0]})]
+            if is_inline(serialized[0]):
+                serialized += [_serialized({key: part}) for part in parts[1:]]
+            if all(is_inline(ser) for ser in serialized) and len(serialized) == len(ids):
                 per_target = [[ser.frames()] for ser in serialized]
                 result = yield self._call_each(ids, "push", per_target, "scatter", turn)
             else:
                 yield self._payloads.engine_ids(self._remote, ids)
-                result = yield self._send_each(ids, "push", serialized, "scatter", turn)
+                made = serialized + [None] * (len(ids) - len(serialized))
+
+                def serialize(index: int) -> Serialized:
+                    ser = made[index] or _serialized({key: parts[index]})
+                    made[index] = parts[index] = None  # each part freed once it has left
+                    return ser
+
+                result = yield self._send_pipelined(ids, "push", serialize, "scatter", turn)
         finally:
             turn.skip()
         return result
