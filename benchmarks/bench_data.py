@@ -132,20 +132,13 @@ def memcpy_mbps() -> tuple[float, float]:
 
 
 def controller_pid(cluster: LocalCluster) -> int:
-    """The pid of the cluster's ipcontroller (found by its IPKERNEL_DIR)."""
-    wanted = f"IPKERNEL_DIR={cluster.dir}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            if b"ipcontroller" not in cmdline:
-                continue
-            if wanted in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                return int(entry)
-        except OSError:
-            continue
-    raise RuntimeError("cannot find the controller process")
+    """The pid of the cluster's controller, as ``ipcluster.pid`` lists it."""
+    # ipcluster.pid: the ipcluster's pid, then one "<role> <pid>" line per child.
+    for line in (cluster.dir / "ipcluster.pid").read_text().splitlines()[1:]:
+        role, _, pid = line.partition(" ")
+        if role == "controller":
+            return int(pid)
+    raise RuntimeError("no controller in ipcluster.pid")
 
 
 def rss_mib(pid: int) -> float:
