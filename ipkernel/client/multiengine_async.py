@@ -397,7 +397,9 @@ class AsyncMultiEngineClient(ControllerConnection):
                 made = serialized + [None] * (len(ids) - len(serialized))
 
                 def serialize(index: int) -> Serialized:
-                    ser = made[index] or _serialized({key: parts[index]})
+                    ser = made[index]
+                    if ser is None:
+                        ser = _serialized({key: parts[index]})
                     made[index] = parts[index] = None  # each part freed once it has left
                     return ser
 

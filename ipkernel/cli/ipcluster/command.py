@@ -102,11 +102,20 @@ def _run_reactor(
     err: TextIO,
 ) -> int:
     # The controller and the engines' parent are forked first, before the reactor: they
-    # start with everything this process has loaded (see ipkernel.cli.prefork).
+    # start with everything this process has loaded (see ipkernel.cli.prefork). A signal
+    # that comes before the reactor runs is kept, and acted on once it does, so that the
+    # children are stopped with the cluster, never left behind.
+    early: list[str] = []
+
+    def keep(signum: int, frame: Any) -> None:
+        early.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, keep)
+    signal.signal(signal.SIGTERM, keep)
     life = Lifeline()
     preforked = prefork_children(options, life)
     try:
-        return _serve(options, record, pid_file, log, log_path, out, err, life, preforked)
+        return _serve(options, record, pid_file, log, log_path, out, err, life, preforked, early)
     finally:
         preforked.discard()
 
@@ -121,6 +130,7 @@ def _serve(
     err: TextIO,
     life: Lifeline,
     preforked: Preforked,
+    early: list[str],
 ) -> int:
     from twisted.internet import reactor
     from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalLogBeginner
@@ -165,6 +175,8 @@ def _serve(
         d = _run(cluster, out, err)
         d.addErrback(crashed)
         d.addCallback(finish)
+        if early:
+            cluster.request_stop(early[0])
 
     def crashed(failure: Failure) -> Deferred:
         cluster.note(failure.getTraceback())
