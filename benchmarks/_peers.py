@@ -1,4 +1,4 @@
-"""The peers of ``compare.py``: ipyparallel and Dask distributed (plain TCP and TLS).
+"""The peers of ``compare.py``: ipyparallel, Dask distributed (plain TCP and TLS) and Ray.
 
 Imported by ``_round.py`` inside the peers' virtual environment (``benchmarks/.peers-venv``,
 made by ``compare.py --setup``); nothing here is imported by ipkernel or its tests.
@@ -281,10 +281,182 @@ class DaskSystem(System):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class RaySystem(System):
+    """``ray.init(num_cpus=2)``: a local Ray instance (its GCS server, raylet with the
+    shared-memory object store, and helpers), with two actors standing for the engines,
+    each holding a namespace, and no dashboard.
+
+    - execute: ``ray.get(actor0.execute.remote('a=1'))`` (the actor runs the code in its
+      namespace); task: ``ray.get(noop.remote())``, a Ray task; throughput: ``remote()``
+      in a loop, then ``ray.get`` of them all;
+    - push/pull: ``actor0.push.remote({'a': array})`` / ``actor0.pull.remote('a')``;
+      scatter/gather: one half per actor; map: one task per item (as Dask);
+    - share: ``ray.put(array)`` (written into the object store, which actors read without
+      a copy); share read: ``ray.get(actor0.total.remote(ref))``, the actor summing it.
+
+    Actors ask for no CPU, so the two CPUs stay for tasks, as Ray's documentation
+    recommends for actors that mostly wait.
+    """
+
+    name = "ray"
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="compare-ray-"))
+        # No usage statistics sent anywhere; everything stays on this machine.
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+        self.actors: list = []
+        self.pending: list = []
+        self.shared = None
+        self.started = False
+
+    def start(self) -> float:
+        import ray
+
+        @ray.remote(num_cpus=0)
+        class Engine:
+            def __init__(self) -> None:
+                self.namespace: dict = {}
+
+            def ready(self) -> bool:
+                return True
+
+            def execute(self, code: str) -> None:
+                exec(code, self.namespace)
+
+            def push(self, values: dict) -> None:
+                self.namespace.update(values)
+
+            def pull(self, key: str) -> object:
+                return self.namespace[key]
+
+            def total(self, array) -> float:
+                return float(array.sum())
+
+        t0 = time.perf_counter()
+        ray.init(
+            num_cpus=ENGINES,
+            include_dashboard=False,
+            _temp_dir=str(self.dir),
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+        self.started = True
+        self.actors = [Engine.remote() for _ in range(ENGINES)]
+        ray.get([actor.ready.remote() for actor in self.actors])
+        startup = time.perf_counter() - t0
+        self.remote = {}
+        return startup
+
+    def _task(self, func: Callable):
+        import ray
+
+        key = id(func)
+        if key not in self.remote:
+            self.remote[key] = ray.remote(num_cpus=1)(func)
+        return self.remote[key]
+
+    def controller_pid(self) -> int:
+        """The GCS server, Ray's head: it knows the actors, tasks and objects."""
+        for pid in descendants(os.getpid()):
+            if "gcs_server" in _cmdline(pid):
+                return pid
+        raise RuntimeError("no gcs_server process")
+
+    def controller_pids(self) -> list[int]:
+        """Every Ray process but the workers (actors and task workers): the GCS server,
+        the raylet (which holds the object store) and their helpers."""
+        return [
+            pid
+            for pid in descendants(os.getpid())
+            if not _cmdline(pid).startswith("ray::") and "default_worker" not in _cmdline(pid)
+        ]
+
+    def execute(self, func: Callable[[], None]) -> None:
+        import ray
+
+        ray.get(self.actors[0].execute.remote("a=1"))
+
+    def task(self, func: Callable[[], None]) -> None:
+        import ray
+
+        ray.get(self._task(func).remote())
+
+    def tasks(self, func: Callable[[], None], n: int) -> bool:
+        import ray
+
+        remote = self._task(func)
+        self.pending = [remote.remote() for _ in range(n)]
+        ray.get(self.pending)
+        return True
+
+    def check_tasks(self) -> None:
+        self.pending = []  # ray.get raised already if a task failed
+
+    def push(self, array: object) -> None:
+        import ray
+
+        ray.get(self.actors[0].push.remote({"a": array}))
+
+    def pull(self) -> object:
+        import ray
+
+        return ray.get(self.actors[0].pull.remote("a"))
+
+    def scatter(self, seq: list) -> None:
+        import ray
+
+        half = (len(seq) + 1) // 2
+        parts = [seq[:half], seq[half:]]
+        ray.get([a.push.remote({"x": p}) for a, p in zip(self.actors, parts, strict=True)])
+
+    def gather(self) -> list:
+        import ray
+
+        first, second = ray.get([a.pull.remote("x") for a in self.actors])
+        return first + second
+
+    def map(self, func: Callable[[int], int], seq: range) -> list:
+        import ray
+
+        remote = self._task(func)
+        return ray.get([remote.remote(x) for x in seq])
+
+    def share(self, array: object) -> None:
+        import ray
+
+        self.shared = None  # frees the previous copy, as a new push to a name would
+        self.shared = ray.put(array)
+
+    def read_shared(self) -> float:
+        import ray
+
+        return ray.get(self.actors[0].total.remote(self.shared))
+
+    def stop(self) -> None:
+        self.shared = None
+        self.pending = []
+        self.actors = []
+        if self.started:
+            import ray
+
+            ray.shutdown()
+            self.started = False
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def make_system(name: str) -> System:
-    """The peer called ``name``: ``ipyparallel``, ``dask`` or ``dask-tls``."""
+    """The peer called ``name``: ``ipyparallel``, ``dask``, ``dask-tls`` or ``ray``."""
     if name == "ipyparallel":
         return IpyparallelSystem()
     if name in ("dask", "dask-tls"):
         return DaskSystem(tls=name == "dask-tls")
+    if name == "ray":
+        return RaySystem()
     raise ValueError(f"unknown system {name!r}")

@@ -3,7 +3,7 @@
     python benchmarks/_round.py SYSTEM [--quick]
 
 SYSTEM is ``ipkernel`` or ``ipkernel-stream`` (run with the project's Python) or
-``ipyparallel``, ``dask``, ``dask-tls`` (run with the peers' virtual environment, see
+``ipyparallel``, ``dask``, ``dask-tls``, ``ray`` (run with the peers' virtual environment, see
 ``_peers.py``). The round starts a cluster of two engines/workers, measures every figure
 once in a fixed order, stops the cluster and exits. It writes one line per fact to stdout,
 each ``@@round `` followed by a JSON object, so that output a library prints itself cannot
@@ -228,6 +228,15 @@ class System:
         """``[func(x) for x in seq]`` computed on the engines."""
         raise NotImplementedError
 
+    def share(self, array: object) -> None:
+        """Put ``array`` once where every engine can read it without a copy (shared
+        memory); it stays there until the next share."""
+        raise NotAvailable("no shared-memory object store")
+
+    def read_shared(self) -> float:
+        """Engine 0 sums the array last shared, in place; return the sum."""
+        raise NotAvailable("no shared-memory object store")
+
     def stop(self) -> None:
         """Stop every process of the cluster; safe to call twice or after a failed start."""
         raise NotImplementedError
@@ -318,6 +327,14 @@ class IpkernelSystem(System):
 
     def map(self, func: Callable[[int], int], seq: range) -> list:
         return self.mec.map(func, seq)
+
+    def share(self, array: object) -> None:
+        self.mec.push({"s": array}, share=True)
+
+    def read_shared(self) -> float:
+        self.mec.execute("total = float(s.sum())", targets=0)
+        [total] = self.mec.pull("total", targets=0)
+        return total
 
     def stop(self) -> None:
         for connection in (self.tc, self.mec):
@@ -411,8 +428,16 @@ def measure(system: System, quick: bool) -> None:
     pulled = figure("pull_s", 1, system.pull, size["push_reps"])
     if not numpy.array_equal(pulled, array):
         raise AssertionError(f"{system.name}: pull did not give back what was pushed")
+    figure("share_s", 1, lambda: system.share(array), size["push_reps"])
+    total = figure("share_read_s", 1, system.read_shared, size["push_reps"])
+    if total is not None and total != float(array.sum()):
+        raise AssertionError(f"{system.name}: the shared array read back wrong")
     # Drop every copy, so that the controller can give the memory back before "after".
     system.push(None)
+    try:
+        system.share(None)
+    except NotAvailable:
+        pass
     array = pulled = None
 
     data = list(range(size["scatter_length"]))

@@ -25,6 +25,11 @@ processes with Python's ``ssl``, 1 MiB writes, the certificate kind ipkernel use
 (the same into newly allocated memory, whose pages the kernel must first provide: the
 ceiling of any path that makes the receiver a new copy, shared memory included). Also
 ``scatter_list_1M_s`` / ``gather_list_1M_s``: ``list(range(1_000_000))`` over 2 engines.
+
+``first_push_100MB_MBps``: the first push of the cluster, a 100 MB array to engine 0 of a
+cluster that has just started (nothing sent to it before), through shared memory; the
+``shm`` figures come after warm-up pushes. ``first_push_vs_memcpy`` and
+``push_vs_memcpy`` divide the first and the usual shared-memory push by ``memcpy_MBps``.
 ``--quick`` skips the 1 GB figures; ``--fan-out`` measures only the figures below.
 
 Data to many engines (``fan_out``, on a local ``ipcluster -n 8``, ``transport='stream'``):
@@ -135,20 +140,13 @@ def memcpy_mbps() -> tuple[float, float]:
 
 
 def controller_pid(cluster: LocalCluster) -> int:
-    """The pid of the cluster's ipcontroller (found by its IPKERNEL_DIR)."""
-    wanted = f"IPKERNEL_DIR={cluster.dir}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            if b"ipcontroller" not in cmdline:
-                continue
-            if wanted in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                return int(entry)
-        except OSError:
-            continue
-    raise RuntimeError("cannot find the controller process")
+    """The pid of the cluster's controller, as ``ipcluster.pid`` lists it."""
+    # ipcluster.pid: the ipcluster's pid, then one "<role> <pid>" line per child.
+    for line in (cluster.dir / "ipcluster.pid").read_text().splitlines()[1:]:
+        role, _, pid = line.partition(" ")
+        if role == "controller":
+            return int(pid)
+    raise RuntimeError("no controller in ipcluster.pid")
 
 
 def rss_mib(pid: int) -> float:
@@ -327,6 +325,23 @@ def task_round_trip(cluster: LocalCluster, transport: str, arr) -> float:
     return round(seconds, 4)
 
 
+def first_push(cluster: LocalCluster) -> float:
+    """MB/s of the first push a new cluster gets: 100 MB to engine 0, before anything else."""
+    import numpy as np
+
+    from ipkernel import client
+
+    arr = np.random.default_rng(2).random(100 * MB // 8)
+    mec = client.MultiEngineClient(cluster.mec_furl)
+    mec.get_ids()  # the client's own connection set up, as before any first call
+    start = time.perf_counter()
+    mec.push({"first": arr}, targets=0)
+    seconds = time.perf_counter() - start
+    mec.execute("first = None", targets=0)
+    mec.close()
+    return 100 / seconds
+
+
 def bench_path(cluster: LocalCluster, transport: str, quick: bool) -> dict:
     import numpy as np
 
@@ -413,6 +428,7 @@ def main() -> None:
     with LocalCluster(2) as cluster:
         from ipkernel import client
 
+        figures["first_push_100MB_MBps"] = round(first_push(cluster))
         for transport, name in (("auto", "shm"), ("stream", "stream")):
             figures[name] = bench_path(cluster, transport, quick)
         mec = client.MultiEngineClient(cluster.mec_furl)
@@ -422,6 +438,10 @@ def main() -> None:
         )
         figures["gather_list_1M_s"] = round(median_time(lambda: mec.gather("l"), 7, warmup=0), 4)
         mec.close()
+    shared = figures["shm"]
+    assert isinstance(shared, dict)
+    figures["first_push_vs_memcpy"] = round(figures["first_push_100MB_MBps"] / warm, 2)
+    figures["push_vs_memcpy"] = round(shared["push_100MB_MBps"] / warm, 2)
     figures["fan_out"] = fan_out(quick)
     figures["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     print(json.dumps(figures))

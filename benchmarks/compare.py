@@ -2,17 +2,18 @@
 
     python3 benchmarks/compare.py [--rounds N] [--quick] [--systems a,b] [--setup]
 
-Five columns, two engines/workers each, all on 127.0.0.1: ipkernel as installed (TLS;
+Six columns, two engines/workers each, all on 127.0.0.1: ipkernel as installed (TLS;
 large payloads between processes of one host through shared memory), ipkernel with
 ``IPKERNEL_TRANSPORT=stream`` (every byte through the controller over TLS, as between
-hosts), ipyparallel (ZeroMQ, messages signed, not encrypted), Dask over ``tcp://`` and
+hosts), ipyparallel (ZeroMQ, messages signed, not encrypted), Dask over ``tcp://``,
 Dask over ``tls://``, the column to hold ipkernel's figures against when comparing
-encrypted with encrypted.
+encrypted with encrypted, and Ray (two actors, its shared-memory object store).
 
 The peers live in their own virtual environment, ``benchmarks/.peers-venv``, made on the
 first run (or again with ``--setup``) by ``pip install ipyparallel dask distributed numpy
-cryptography``; they are never dependencies of ipkernel. Each round of each system runs in
-a child process (``_round.py``): ipkernel's with this Python, the peers' with the venv's.
+cryptography ray``; they are never dependencies of ipkernel. Each round of each system
+runs in a child process (``_round.py``): ipkernel's with this Python, the peers' with the
+venv's.
 
 Interleaving: for each round, every system in turn starts a fresh cluster, measures every
 figure, and stops it; the order of the systems rotates from round to round. Only one
@@ -50,8 +51,8 @@ from _round import MARKER, running, session_members, sizes, start_time, stop_pid
 
 VENV = HERE / ".peers-venv"
 # cryptography: Dask needs it for TLS (Security.temporary) but does not depend on it.
-PEER_PACKAGES = ("ipyparallel", "dask", "distributed", "numpy", "cryptography")
-SYSTEMS = ("ipkernel", "ipkernel-stream", "ipyparallel", "dask", "dask-tls")
+PEER_PACKAGES = ("ipyparallel", "dask", "distributed", "numpy", "cryptography", "ray")
+SYSTEMS = ("ipkernel", "ipkernel-stream", "ipyparallel", "dask", "dask-tls", "ray")
 OURS = ("ipkernel", "ipkernel-stream")
 TITLES = {
     "ipkernel": "ipkernel",
@@ -59,6 +60,7 @@ TITLES = {
     "ipyparallel": "ipyparallel",
     "dask": "Dask",
     "dask-tls": "Dask TLS",
+    "ray": "Ray",
 }
 #: Seconds one round of one system may take before it is stopped (Dask's scatter of a
 #: million-item list alone takes minutes on a small machine).
@@ -76,6 +78,8 @@ def figure_labels(quick: bool) -> dict[str, str]:
         "throughput_s": f"{size['throughput_tasks']:,} no-op tasks, submit + wait (s)",
         "push_s": f"push {mb} MB array to one engine (s)",
         "pull_s": f"pull {mb} MB array from one engine (s)",
+        "share_s": f"share {mb} MB read-only array with both engines (s)",
+        "share_read_s": "an engine sums the shared array (s)",
         "scatter_s": f"scatter list of {size['scatter_length']:,} over 2 (s)",
         "gather_s": f"gather list of {size['scatter_length']:,} from 2 (s)",
         "map_s": f"map x*x over {size['map_length']:,} items (s)",
@@ -97,7 +101,7 @@ def peers_installed() -> bool:
     """True if the venv exists and imports every peer package."""
     if not venv_python().exists():
         return False
-    check = "import ipyparallel, dask, distributed, numpy, cryptography"
+    check = "import ipyparallel, dask, distributed, numpy, cryptography, ray"
     return subprocess.run([venv_python(), "-c", check], capture_output=True).returncode == 0
 
 

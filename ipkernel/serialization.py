@@ -170,11 +170,13 @@ def _loads(stream: Any, buffers: Sequence[Any]) -> Any:
         ) from exc
 
 
-def load(header: object, parts: Sequence[Any]) -> Any:
+def load(header: object, parts: Sequence[Any], readonly: bool = False) -> Any:
     """Rebuild an object from its header and its parts (the stream, then the buffers).
 
     Each part is any buffer (``bytearray``, a ``memoryview`` of a mapping ...). numpy
-    arrays are rebuilt on their buffers without a copy, so they keep them alive.
+    arrays are rebuilt on their buffers without a copy, so they keep them alive. With
+    ``readonly``, the buffers are handed to pickle read-only: numpy arrays come back
+    read-only (``ValueError: assignment destination is read-only`` on a write).
 
     :raises SerializationError: if the parts do not match the header, or unpickling fails.
     """
@@ -185,16 +187,21 @@ def load(header: object, parts: Sequence[Any]) -> Any:
         got = memoryview(part).nbytes
         if got != want:
             raise malformed(f"part {index} has {got} bytes, the header says {want}")
-    return _loads(parts[0], parts[1:])
+    return _loads(parts[0], _buffers(parts[1:], readonly))
 
 
-def deserialize(payload: Any) -> Any:
+def _buffers(buffers: Sequence[Any], readonly: bool) -> Sequence[Any]:
+    return [memoryview(b).toreadonly() for b in buffers] if readonly else buffers
+
+
+def deserialize(payload: Any, readonly: bool = False) -> Any:
     """Rebuild the object that :func:`serialize` or :func:`dump` turned into ``payload``.
 
     ``payload`` is frames (a list of bytes), or a payload received by
     :mod:`ipkernel.wire.transfer`: an object whose ``open()`` returns the header and the
     parts. Out-of-band buffers come back as writable memory (``bytearray``, an anonymous
-    or a private shared-memory mapping), so numpy arrays come back writable.
+    or a private shared-memory mapping), so numpy arrays come back writable; with
+    ``readonly`` they come back read-only, on the same memory (see :func:`load`).
 
     :raises SerializationError: if the frames are malformed (the message says how), or if
         unpickling fails, for example because a module the object needs is missing here.
@@ -202,12 +209,12 @@ def deserialize(payload: Any) -> Any:
     """
     if isinstance(payload, (list, tuple)):
         stream, buffers = _unframe(payload, KIND_OBJECT)
-        return _loads(stream, buffers)
+        return _loads(stream, _buffers(buffers, readonly))
     opener = getattr(payload, "open", None)
     if opener is None:
         raise malformed(f"expected a non-empty list of bytes, got {type(payload).__name__}")
     header, parts = opener()
-    return load(header, parts)
+    return load(header, parts, readonly)
 
 
 # Remote failures

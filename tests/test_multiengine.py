@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 from twisted.internet import reactor, task
 from twisted.internet.defer import gatherResults, inlineCallbacks
@@ -154,6 +155,14 @@ class DataTests(TestCase):
             joined = yield mec.gather("m")
             self.assertIsInstance(joined, numpy.ndarray)
             self.assertTrue((joined == arr).all())
+        # Large parts leave one after the other; a part that cannot be pickled fails the
+        # call with SerializationError, after the parts before it have been bound.
+        big = list(range(200_000))
+        yield mec.scatter("big", big)
+        self.assertEqual((yield mec.gather("big")), big)
+        with self.assertRaises(SerializationError):
+            yield mec.scatter("bad", [*big, threading.Lock()])
+        self.assertEqual((yield mec.pull("bad", targets=0)), [big[:100_001]])
         before = yield mec.keys()
         squares = yield mec.map(lambda x: x**10, range(32))
         self.assertEqual(squares, [x**10 for x in range(32)])

@@ -135,6 +135,22 @@ class RoundTripTests(SynchronousTestCase):
         b[0, 0, 0] = 99
         self.assertEqual(a[0, 0, 0], 0)
 
+    def test_numpy_read_only(self) -> None:
+        """With readonly, an array comes back read-only on the received memory: a write
+        raises, and the flag cannot be turned back on; without, the same frames give a
+        writable array."""
+        frames = serialize({"a": np.arange(100_000.0)})
+        a = deserialize(frames, readonly=True)["a"]
+        self.assertFalse(a.flags.writeable)
+        self.assertIn("read-only", str(raised(ValueError, a.__setitem__, 0, 1.0)))
+
+        def make_writable() -> None:
+            a.flags.writeable = True
+
+        raised(ValueError, make_writable)
+        np.testing.assert_array_equal(a, np.arange(100_000.0))
+        self.assertTrue(deserialize(frames)["a"].flags.writeable)
+
     def test_numpy_zero_dimensional(self) -> None:
         """A 0-d array round-trips as a 0-d array."""
         b = roundtrip(np.array(5.25))

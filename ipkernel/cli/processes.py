@@ -383,6 +383,11 @@ class ProcessRunner(Protocol):
         """The full path of ``program`` on ``PATH``, or None."""
 
 
+def child_argv(argv: Sequence[str], lifeline: bool) -> list[str]:
+    """A child's command line: ``argv``, and the lifeline option if it gets one."""
+    return [*argv, OPTION, str(CHILD_FD)] if lifeline else list(argv)
+
+
 class ReactorProcessRunner:
     """:class:`ProcessRunner` over ``reactor.spawnProcess``; children get ``env``.
 
@@ -396,12 +401,16 @@ class ReactorProcessRunner:
         sink: TextIO | None,
         env: dict[str, str] | None = None,
         lifeline: Lifeline | None = None,
+        preforked: Any = None,
     ) -> None:
         self.reactor = reactor
         self.clock = reactor
         self.sink = sink
         self.env = dict(os.environ if env is None else env)
         self.lifeline = lifeline
+        #: Children forked before the reactor (:class:`ipkernel.cli.prefork.Preforked`),
+        #: adopted by :meth:`spawn` instead of starting new ones.
+        self.preforked = preforked
         self.children: list[ChildProcess] = []
 
     def which(self, program: str) -> str | None:
@@ -433,15 +442,18 @@ class ReactorProcessRunner:
     ) -> ChildProcess:
         child = ChildProcess(role, self.sink, on_line, hold_stdin)
         fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
-        argv = list(argv)
+        argv = child_argv(argv, watch_parent and self.lifeline is not None)
         if watch_parent and self.lifeline is not None:
             fds[CHILD_FD] = self.lifeline.read_fd
-            argv += [OPTION, str(CHILD_FD)]
-        self.reactor.spawnProcess(
-            child, self._executable(argv[0]), argv, env=self.env, childFDs=fds
-        )
+        if self.preforked is not None and self.preforked.adopt(role, argv, child, self.reactor):
+            how = "forked"
+        else:
+            self.reactor.spawnProcess(
+                child, self._executable(argv[0]), argv, env=self.env, childFDs=fds
+            )
+            how = "started"
         self.children.append(child)
-        self.note(f"started {role} process {child.pid}: {shlex.join(argv)}")
+        self.note(f"{how} {role} process {child.pid}: {shlex.join(argv)}")
         return child
 
     def run(self, argv: Sequence[str]) -> Deferred:

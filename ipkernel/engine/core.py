@@ -138,8 +138,12 @@ class EngineCore:
             raise TypeError(f"execute() needs a string of code, not {type(code).__name__}")
         return self.interpreter.execute(code)
 
-    def cmd_push(self, frames: list) -> None:
-        self.interpreter.push(_namespace(deserialize(frames)))
+    def cmd_push(self, frames: list, readonly: object = False) -> None:
+        """Bind the pushed names; with ``readonly`` (a ``share=True`` push) their buffers
+        stay read-only: numpy arrays on the shared pages, never copied by a write."""
+        if not isinstance(readonly, bool):
+            raise TypeError(f"push's read-only flag must be a bool, not {readonly!r}")
+        self.interpreter.push(_namespace(deserialize(frames, readonly=readonly)))
 
     def cmd_pull(self, keys: object) -> Any:
         return self.interpreter.pull(_keys(keys))

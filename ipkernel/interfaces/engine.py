@@ -40,7 +40,8 @@ The commands, their arguments (``args``) and the value an ``ok`` outcome carries
 command               args                                ``ok`` value
 ====================  ==================================  ================================
 ``execute``           ``[code]``                          the result dict
-``push``              ``[frames of {name: value}]``       ``None``
+``push``              ``[frames of {name: value}]``,      ``None``
+                      or ``[frames, True]``: read-only
 ``pull``              ``[name]`` or ``[[names]]``         the value, or a list of them
 ``push_function``     ``[frames of {name: function}]``    ``None``
 ``pull_function``     ``[name]`` or ``[[names]]``         as ``pull``

@@ -9,7 +9,9 @@ live, from the service's read-only views; nothing it serves changes the controll
 - :mod:`~ipkernel.adapters.web.feed`: the live feed (server-sent events);
 - :mod:`~ipkernel.adapters.web.page`: the page (``assets/``);
 - :mod:`~ipkernel.adapters.web.resources`: what each path answers;
-- :mod:`~ipkernel.adapters.web.listener`: :class:`StatusPage`, all of it, listening.
+- :mod:`~ipkernel.adapters.web.site`: the ``twisted.web`` site and HTTPS options;
+- :mod:`~ipkernel.adapters.web.listener`: :class:`StatusPage`, all of it, listening (the
+  site is built, and ``twisted.web`` loaded, at the first request).
 """
 
 from ipkernel.adapters.web.access import WEB_URL_FILE, read_url_file

@@ -35,10 +35,12 @@ from ipkernel.cli.launchers import (
     LaunchSettings,
     make_launcher,
 )
+from ipkernel.cli.launchers.local import LocalLauncher
 from ipkernel.cli.lifeline import Lifeline
+from ipkernel.cli.prefork import Preforked
 from ipkernel.errors import ClusterError
 
-__all__ = ["GRACE", "ClusterSupervisor", "StopRequested"]
+__all__ = ["GRACE", "ClusterSupervisor", "StopRequested", "prefork_children"]
 
 #: Seconds between SIGTERM and SIGKILL when stopping children.
 GRACE = processes.DEFAULT_GRACE
@@ -59,6 +61,36 @@ def _remove_stale_key_files(security: Path) -> None:
             (security / name).unlink()
         except FileNotFoundError:
             pass
+
+
+def prefork_children(options: usage.Options, lifeline: Lifeline) -> Preforked:
+    """Fork the controller and, for the ``local`` launcher's forked engines, the process
+    that forks them, now, before the reactor is installed (see :mod:`ipkernel.cli.prefork`);
+    a :class:`ClusterSupervisor` given them (``preforked=``) adopts them when it starts.
+
+    The key files of an earlier controller are removed first (unless ``--reuse-keys``), so
+    that the new controller's are never mistaken for stale ones. Nothing is forked where
+    ``os.fork`` does not exist or the reactor is installed already; if a fork fails, the
+    children not forked are spawned as usual.
+    """
+    preforked = Preforked()
+    if not hasattr(os, "fork") or "twisted.internet.reactor" in sys.modules:
+        return preforked
+    if not options["reuse-keys"]:
+        _remove_stale_key_files(paths.security_dir(options["security-dir"]))
+    wanted = [("controller", controller_argv(options))]
+    if options["launcher"] == LocalLauncher.name and not options["exec-engines"]:
+        command = EngineCommand(
+            str(paths.security_dir(options["security-dir"]) / paths.ENGINE_FURL),
+            engine_args(options),
+        )
+        wanted.append(("forkengines", LocalLauncher(None, command).fork_argv(options["n"])))
+    for role, argv in wanted:
+        try:
+            preforked.fork(role, processes.child_argv(argv, True), lifeline.read_fd)
+        except OSError:
+            break
+    return preforked
 
 
 class ClusterSupervisor:
@@ -87,6 +119,7 @@ class ClusterSupervisor:
         log_path: Path,
         err: TextIO,
         runner: processes.ProcessRunner | None = None,
+        keys_cleared: bool = False,
     ) -> None:
         self.reactor = reactor
         self.options = options
@@ -100,6 +133,9 @@ class ClusterSupervisor:
         self.runner = runner or processes.ReactorProcessRunner(
             reactor, log, os.environ, lifeline=Lifeline()
         )
+        # Stale key files were removed before the controller was forked (see
+        # prefork_children): removing them again would remove the new controller's.
+        self._keys_cleared = keys_cleared
         self.security = paths.security_dir(options["security-dir"])
         self.controller: processes.ChildProcess | None = None
         self.launcher: Launcher | None = None
@@ -178,7 +214,7 @@ class ClusterSupervisor:
                 file=self.err,
                 flush=True,
             )
-        if not options["reuse-keys"]:
+        if not options["reuse-keys"] and not self._keys_cleared:
             _remove_stale_key_files(self.security)
         argv = controller_argv(options)
         try:

@@ -9,6 +9,7 @@ kills every child at once.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,11 @@ from twisted.python.failure import Failure
 
 from ipkernel import paths
 from ipkernel.cli import lifeline
-from ipkernel.cli.ipcluster.cluster import ClusterSupervisor, StopRequested
+from ipkernel.cli.ipcluster.cluster import (
+    ClusterSupervisor,
+    StopRequested,
+    prefork_children,
+)
 from ipkernel.cli.ipcluster.options import StartOptions
 from ipkernel.cli.ipcluster.output import open_log, running_message
 from ipkernel.cli.ipcluster.pidfile import (
@@ -33,6 +38,9 @@ from ipkernel.cli.ipcluster.pidfile import (
 )
 from ipkernel.cli.ipcluster.stop import stop_main
 from ipkernel.cli.launchers import LauncherError
+from ipkernel.cli.lifeline import Lifeline
+from ipkernel.cli.prefork import Preforked
+from ipkernel.cli.processes import ReactorProcessRunner
 from ipkernel.errors import ClusterError
 
 __all__ = ["main", "start_main"]
@@ -93,13 +101,55 @@ def _run_reactor(
     out: TextIO,
     err: TextIO,
 ) -> int:
+    # The controller and the engines' parent are forked first, before the reactor: they
+    # start with everything this process has loaded (see ipkernel.cli.prefork). A signal
+    # that comes before the reactor runs is kept, and acted on once it does, so that the
+    # children are stopped with the cluster, never left behind.
+    early: list[str] = []
+
+    def keep(signum: int, frame: Any) -> None:
+        early.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, keep)
+    signal.signal(signal.SIGTERM, keep)
+    life = Lifeline()
+    preforked = prefork_children(options, life)
+    try:
+        return _serve(options, record, pid_file, log, log_path, out, err, life, preforked, early)
+    finally:
+        preforked.discard()
+
+
+def _serve(
+    options: usage.Options,
+    record: ClusterRecord,
+    pid_file: Path,
+    log: TextIO,
+    log_path: Path,
+    out: TextIO,
+    err: TextIO,
+    life: Lifeline,
+    preforked: Preforked,
+    early: list[str],
+) -> int:
     from twisted.internet import reactor
     from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalLogBeginner
 
     globalLogBeginner.beginLoggingTo(
         [FileLogObserver(log, formatEventAsClassicLogText)], redirectStandardIO=False
     )
-    cluster = ClusterSupervisor(reactor, options, record, pid_file, log, log_path, err)
+    runner = ReactorProcessRunner(reactor, log, os.environ, lifeline=life, preforked=preforked)
+    cluster = ClusterSupervisor(
+        reactor,
+        options,
+        record,
+        pid_file,
+        log,
+        log_path,
+        err,
+        runner=runner,
+        keys_cleared=bool(preforked),
+    )
     result: list[int] = []
     signals_seen: list[str] = []
 
@@ -125,6 +175,8 @@ def _run_reactor(
         d = _run(cluster, out, err)
         d.addErrback(crashed)
         d.addCallback(finish)
+        if early:
+            cluster.request_stop(early[0])
 
     def crashed(failure: Failure) -> Deferred:
         cluster.note(failure.getTraceback())

@@ -58,7 +58,8 @@ def wait_for_engines(
                         raise RegistrationTimeout(
                             f"the controller wrote no key file ({mec_key_file})"
                             if not mec_key_file.exists()
-                            else f"cannot connect to the controller ({last_error})"
+                            else "cannot connect to the controller "
+                            f"({last_error or 'its key file came too late to try'})"
                         )
                     raise RegistrationTimeout(f"only {len(ids)} of {count} engines registered")
                 if client is None and mec_key_file.exists():
