@@ -33,12 +33,15 @@ class Relogin:
 
     reactor: Any
     keyfile: KeyFile
+    role: str
     source: str
     timeout: float
 
     def __call__(self) -> Deferred:
         """Log in again; as :func:`login`."""
-        return login(self.reactor, self.keyfile, source=self.source, timeout=self.timeout)
+        return login(
+            self.reactor, self.keyfile, self.role, source=self.source, timeout=self.timeout
+        )
 
 
 # The way each logged-in connection was made, for relogin().
@@ -87,7 +90,7 @@ def login(
         raise_limits = getattr(avatar.broker, "raise_limits", None)
         if raise_limits is not None:
             raise_limits()
-        _logins[avatar.broker] = Relogin(reactor, keyfile, source, timeout)
+        _logins[avatar.broker] = Relogin(reactor, keyfile, role, source, timeout)
         return avatar
 
     def failed(failure: Failure) -> Failure:
