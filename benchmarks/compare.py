@@ -2,12 +2,15 @@
 
     python3 benchmarks/compare.py [--rounds N] [--quick] [--systems a,b] [--setup]
 
-Five columns, two engines/workers each, all on 127.0.0.1: ipkernel as installed (TLS;
+Six columns, two engines/workers each, all on 127.0.0.1: ipkernel as installed (TLS;
 large payloads between processes of one host through shared memory), ipkernel with
-``IPKERNEL_TRANSPORT=stream`` (every byte through the controller over TLS, as between
-hosts), ipyparallel (ZeroMQ, messages signed, not encrypted), Dask over ``tcp://`` and
-Dask over ``tls://``, the column to hold ipkernel's figures against when comparing
-encrypted with encrypted.
+``IPKERNEL_TRANSPORT=stream`` (the network path, as between hosts: large payloads over
+direct TLS links between client and engine where they can be made, else through the
+controller), ipyparallel (ZeroMQ, messages signed, not encrypted), Dask over ``tcp://``,
+Dask over ``tls://`` (data through the scheduler, the column to hold ipkernel's figures
+against when comparing encrypted with encrypted), and Dask over ``tls://`` with its data
+sent straight between client and worker (``direct=True``), the column for the stream
+path's push and pull.
 
 The peers live in their own virtual environment, ``benchmarks/.peers-venv``, made on the
 first run (or again with ``--setup``) by ``pip install ipyparallel dask distributed numpy
@@ -51,7 +54,7 @@ from _round import MARKER, running, session_members, sizes, start_time, stop_pid
 VENV = HERE / ".peers-venv"
 # cryptography: Dask needs it for TLS (Security.temporary) but does not depend on it.
 PEER_PACKAGES = ("ipyparallel", "dask", "distributed", "numpy", "cryptography")
-SYSTEMS = ("ipkernel", "ipkernel-stream", "ipyparallel", "dask", "dask-tls")
+SYSTEMS = ("ipkernel", "ipkernel-stream", "ipyparallel", "dask", "dask-tls", "dask-tls-direct")
 OURS = ("ipkernel", "ipkernel-stream")
 TITLES = {
     "ipkernel": "ipkernel",
@@ -59,6 +62,7 @@ TITLES = {
     "ipyparallel": "ipyparallel",
     "dask": "Dask",
     "dask-tls": "Dask TLS",
+    "dask-tls-direct": "Dask TLS direct to worker",
 }
 #: Seconds one round of one system may take before it is stopped (Dask's scatter of a
 #: million-item list alone takes minutes on a small machine).

@@ -48,6 +48,7 @@ _PRELOAD = (
     "ipkernel.serialization",
     "ipkernel.shm",
     "ipkernel.wire.connect",
+    "ipkernel.wire.direct_listener",
     "ipkernel.wire.transfer",
 )
 

@@ -100,7 +100,7 @@ class AsyncMultiEngineClient(ControllerConnection):
         container: type = list,
     ) -> Deferred:
         check_targets(targets)
-        options = self._payloads.reply_options(command)
+        options = self._payloads.reply_options(command, targets)
         extra = () if options is None else (options,)
         d = self._turns.send(lambda: self._remote("call", targets, command, args, *extra))
         d.addCallback(self._count_engines, targets)
@@ -115,7 +115,7 @@ class AsyncMultiEngineClient(ControllerConnection):
         turn: Turn | None = None,
     ) -> Deferred:
         """``command`` with ``per_target[i]`` on ``targets[i]``, in ``turn`` if given."""
-        options = self._payloads.reply_options(command)
+        options = self._payloads.reply_options(command, targets)
         extra = () if options is None else (options,)
 
         def request() -> Deferred:

@@ -30,10 +30,18 @@ from ipkernel.wire.stream_protocol import (
     WINDOW,
 )
 
-__all__ = ["Relay", "RelayedPayload"]
+__all__ = ["Relay", "RelayedPayload", "relayed_bytes"]
 
 # The relayed streams still receiving (they share RELAY_BUDGET).
 _relays: weakref.WeakSet[Relay] = weakref.WeakSet()
+# Bytes that have arrived in relayed streams since this process started.
+_arrived = [0]
+
+
+def relayed_bytes() -> int:
+    """How many bytes of streams have come through (or been kept by) this process's
+    relays since it started."""
+    return _arrived[0]
 
 
 class Relay:
@@ -109,6 +117,7 @@ class Relay:
             self._upstream_abort("a stream's sender went beyond its credit")
             return
         self.received += size
+        _arrived[0] += size
         self.queue.append(data)  # type: ignore[arg-type]
         self.queued += size
         if self.sink is not None:
