@@ -49,9 +49,9 @@ class AsyncMultiEngineClient(ControllerConnection):
 
     Call its methods from the thread of ``reactor``, the reactor its connection runs in
     (it also schedules the release of engines' shared-memory results). ``transport`` is
-    ``'auto'`` (shared memory with engines on this host, streams otherwise) or
-    ``'stream'`` (always the network); the default is
-    ``$IPKERNEL_TRANSPORT``, else ``'auto'``.
+    ``'auto'`` (shared memory with engines on this host, streams otherwise), ``'stream'``
+    (always the network: direct links to engines where possible) or ``'relay'`` (always
+    through the controller); the default is ``$IPKERNEL_TRANSPORT``, else ``'auto'``.
     """
 
     def __init__(
@@ -67,7 +67,7 @@ class AsyncMultiEngineClient(ControllerConnection):
 
     @property
     def transport(self) -> str:
-        """How large data travels: ``'auto'`` or ``'stream'``."""
+        """How large data travels: ``'auto'``, ``'stream'`` or ``'relay'``."""
         return self._payloads.transport
 
     @classmethod

@@ -34,7 +34,12 @@ Executor = Callable[..., Deferred]
 
 
 class PayloadPolicy(Protocol):
-    """How an engine sends large results (see :class:`ipkernel.wire.transfer.EnginePayloads`)."""
+    """How an engine sends large results (see :class:`ipkernel.wire.transfer.EnginePayloads`).
+
+    A policy that takes direct links from clients also has ``introduce(certificate)``
+    (see :class:`ipkernel.wire.direct_listener.LinkedEnginePayloads`), which the
+    ``introduce`` command calls; without it the command fails.
+    """
 
     def pack(self, serialized: Serialized, options: dict | None, stable: bool = True) -> Any:
         """Frames or a payload object for ``serialized``, given the request's ``options``;
