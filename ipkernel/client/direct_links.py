@@ -110,12 +110,15 @@ class DirectLinks:
         except pb.DeadReferenceError:
             d = Deferred()
             d.errback(Failure(ConnectionError("the connection to the controller is closed")))
-        d.addCallbacks(self._introduced, self._not_introduced, errbackArgs=(ids,))
+        d.addCallbacks(
+            self._introduced, self._not_introduced, callbackArgs=(ids,), errbackArgs=(ids,)
+        )
 
-    def _introduced(self, pairs: list) -> None:
-        for engine_id, outcome in pairs:
+    def _introduced(self, pairs: list, ids: list[int]) -> None:
+        answers = dict(pairs)
+        for engine_id in ids:
             try:
-                host, port, fingerprint = _address(outcome)
+                host, port, fingerprint = _address(answers.get(engine_id))
             except Exception as exc:
                 self._give_up(engine_id, f"it was not introduced ({exc})")
                 continue

@@ -143,6 +143,15 @@ class LinkClientFactory(pb.PBClientFactory):
     def __init__(self, local: bytes) -> None:
         super().__init__()
         self.local = local
+        self._given_up = False
+
+    def give_up(self) -> None:
+        """Close the link if it is up, and refuse it if it comes up later."""
+        self._given_up = True
+        self.disconnect()
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
+        return None if self._given_up else super().buildProtocol(addr)
 
 
 class DirectPayload(OutgoingPayload):
@@ -231,7 +240,7 @@ def dial_link(
     where = f"{host}:{port}"
 
     def failed(failure: Failure) -> None:
-        factory.disconnect()
+        factory.give_up()
         if pin.mismatch_seen:
             why = "it showed another certificate than the one it was introduced with"
         elif failure.check(ConnectError, defer.TimeoutError, defer.CancelledError):
