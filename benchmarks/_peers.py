@@ -120,7 +120,8 @@ class DaskSystem(System):
       ``wait``. ``pure=False`` everywhere, so that no repetition reuses an earlier result;
     - push/pull: ``client.scatter(array, workers=[w0])`` / ``client.gather(future)``, both
       through the scheduler (the default for a client outside the cluster), as ipkernel's
-      and ipyparallel's go through their controller;
+      and ipyparallel's go through their controller; with ``direct``, straight between
+      the client and the worker (``direct=True``), as ipkernel's direct links;
     - scatter/gather: the list split into two contiguous halves, ``client.scatter(halves)``
       (the scheduler puts one on each worker), ``client.gather`` and joining the halves
       again, all timed;
@@ -128,9 +129,11 @@ class DaskSystem(System):
       maps.
     """
 
-    def __init__(self, tls: bool) -> None:
+    def __init__(self, tls: bool, direct: bool = False) -> None:
         self.tls = tls
-        self.name = "dask-tls" if tls else "dask"
+        #: True: data goes straight between the client and the workers (``direct=True``).
+        self.direct = direct
+        self.name = ("dask-tls" if tls else "dask") + ("-direct" if direct else "")
         self.dir = Path(tempfile.mkdtemp(prefix=f"compare-{self.name}-"))
         self.procs: list[subprocess.Popen] = []
         self.futures: list = []
@@ -242,18 +245,22 @@ class DaskSystem(System):
         # Release the previous copy first, as a push to the same name replaces it.
         self.pushed = None
         # hash=False: a fresh key each time, so that no repetition finds the data there.
-        self.pushed = self.client.scatter(array, workers=self.workers[:1], hash=False)
+        self.pushed = self.client.scatter(
+            array, workers=self.workers[:1], hash=False, direct=self.direct
+        )
 
     def pull(self) -> object:
-        return self.client.gather(self.pushed)
+        return self.client.gather(self.pushed, direct=self.direct)
 
     def scatter(self, seq: list) -> None:
         self.scattered = []
         half = (len(seq) + 1) // 2
-        self.scattered = self.client.scatter([seq[:half], seq[half:]], hash=False)
+        self.scattered = self.client.scatter(
+            [seq[:half], seq[half:]], hash=False, direct=self.direct
+        )
 
     def gather(self) -> list:
-        first, second = self.client.gather(self.scattered)
+        first, second = self.client.gather(self.scattered, direct=self.direct)
         return first + second
 
     def map(self, func: Callable[[int], int], seq: range) -> list:
@@ -452,11 +459,14 @@ def _cmdline(pid: int) -> str:
 
 
 def make_system(name: str) -> System:
-    """The peer called ``name``: ``ipyparallel``, ``dask``, ``dask-tls`` or ``ray``."""
+    """The peer called ``name``: ``ipyparallel``, ``dask``, ``dask-tls``,
+    ``dask-tls-direct`` or ``ray``."""
     if name == "ipyparallel":
         return IpyparallelSystem()
     if name in ("dask", "dask-tls"):
         return DaskSystem(tls=name == "dask-tls")
+    if name == "dask-tls-direct":
+        return DaskSystem(tls=True, direct=True)
     if name == "ray":
         return RaySystem()
     raise ValueError(f"unknown system {name!r}")

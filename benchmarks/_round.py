@@ -3,11 +3,11 @@
     python benchmarks/_round.py SYSTEM [--quick]
 
 SYSTEM is ``ipkernel`` or ``ipkernel-stream`` (run with the project's Python) or
-``ipyparallel``, ``dask``, ``dask-tls``, ``ray`` (run with the peers' virtual environment, see
-``_peers.py``). The round starts a cluster of two engines/workers, measures every figure
-once in a fixed order, stops the cluster and exits. It writes one line per fact to stdout,
-each ``@@round `` followed by a JSON object, so that output a library prints itself cannot
-be mistaken for a figure:
+``ipyparallel``, ``dask``, ``dask-tls``, ``dask-tls-direct``, ``ray`` (run with the peers'
+virtual environment, see ``_peers.py``). The round starts a cluster of two
+engines/workers, measures every figure once in a fixed order, stops the cluster and
+exits. It writes one line per fact to stdout, each ``@@round `` followed by a JSON
+object, so that output a library prints itself cannot be mistaken for a figure:
 
 - ``{"pids": [[pid, start_time], ...]}``: the processes this round started (all
   descendants of this process), so that ``compare.py`` can stop any left behind;
@@ -248,8 +248,9 @@ class IpkernelSystem(System):
 
     ``transport`` is ipkernel's ``IPKERNEL_TRANSPORT`` for the whole cluster: ``auto``
     (its default: large payloads between processes of one host go through shared memory)
-    or ``stream`` (always through the controller over TLS, as between hosts; the peers
-    have no shared-memory path, so this is the like-for-like data path).
+    or ``stream`` (always the network, as between hosts: large payloads over direct TLS
+    links between client and engine, or through the controller; the peers have no
+    shared-memory path, so this is the like-for-like data path).
     """
 
     def __init__(self, transport: str) -> None:

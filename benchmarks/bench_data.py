@@ -3,11 +3,16 @@
     python benchmarks/bench_data.py [--quick]
 
 For each path, ``shm`` (client and engines on this host, large buffers through shared
-memory) and ``stream`` (``transport='stream'``: chunks through the controller over TLS),
-on a local ``ipcluster -n 2``:
+memory) and ``stream`` (``transport='stream'``: the network path, chunks over TLS, over
+the client's direct link to the engine where one can be made), on a local
+``ipcluster -n 2``:
 
 - ``push_100MB_MBps`` / ``pull_100MB_MBps`` / ``push_1GB_MBps`` / ``pull_1GB_MBps``: a
   float64 array to one engine and back (median of several runs for 100 MB);
+- ``controller_cpu_s_per_100MB_push`` / ``..._pull``: the controller's CPU seconds (user
+  and system, from ``/proc/<pid>/stat``) per 100 MB push or pull, over those runs;
+- ``controller_relayed_MB_per_100MB_push`` / ``..._pull``: the MB of each 100 MB push or
+  pull that crossed the controller (its relays' count): about 100 relayed, 0 direct;
 - ``scatter_100MB_s`` / ``gather_100MB_s``: a 100 MB array over all engines (median);
 - ``controller_rss_idle_MiB``, ``controller_rss_peak_1GB_MiB`` (during the 1 GB push and
   pull), ``controller_rss_after_MiB`` (after 3 rounds of 100 MB push + pull);
@@ -18,6 +23,10 @@ on a local ``ipcluster -n 2``:
   throughput (fair sharing: about equal);
 - ``task_100MB_round_trip_s``: a ``MapTask`` whose argument is a 100 MB array and which
   returns it, submitted and its result fetched (median).
+
+And ``relay`` (``transport='relay'``: every byte through the controller, what the
+stream path falls back to when no direct link can be made): the push and pull figures
+above, with the controller's CPU and relayed MB.
 
 Measured in the same run, as floors: ``raw_tls_MBps`` (TLS loopback between two
 processes with Python's ``ssl``, 1 MiB writes, the certificate kind ipkernel uses),
@@ -147,6 +156,35 @@ def controller_pid(cluster: LocalCluster) -> int:
         if role == "controller":
             return int(pid)
     raise RuntimeError("no controller in ipcluster.pid")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) that process ``pid`` has used so far."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    # After the command name (which may hold spaces and parentheses): fields 3 onwards;
+    # utime and stime are fields 14 and 15, in clock ticks.
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def relayed_bytes(mec) -> int | None:
+    """Bytes the controller's relays have taken in since it started (None: not counted)."""
+    return mec.transfer_stats().get("relayed")
+
+
+def per_100MB(mec, pid: int, fn, repeat: int, figures: dict, name: str) -> float:
+    """Median seconds of ``fn()``; puts into ``figures`` the controller's CPU seconds and
+    relayed MB per run (``fn`` moves 100 MB) as ``controller_cpu_s_per_100MB_<name>`` and
+    ``controller_relayed_MB_per_100MB_<name>``."""
+    relayed, cpu = relayed_bytes(mec), cpu_seconds(pid)
+    seconds = median_time(fn, repeat, warmup=0)
+    cpu = cpu_seconds(pid) - cpu
+    after = relayed_bytes(mec)
+    figures[f"controller_cpu_s_per_100MB_{name}"] = round(cpu / repeat, 3)
+    figures[f"controller_relayed_MB_per_100MB_{name}"] = (
+        None if relayed is None or after is None else round((after - relayed) / repeat / MB, 1)
+    )
+    return seconds
 
 
 def rss_mib(pid: int) -> float:
@@ -325,6 +363,35 @@ def task_round_trip(cluster: LocalCluster, transport: str, arr) -> float:
     return round(seconds, 4)
 
 
+def push_pull_100MB(mec, pid: int, arr, figures: dict) -> None:
+    """``push_100MB_MBps`` and ``pull_100MB_MBps``, with the controller's share of each."""
+    push = per_100MB(mec, pid, lambda: mec.push({"x": arr}, targets=0), 5, figures, "push")
+    pull = per_100MB(mec, pid, lambda: mec.pull("x", targets=0), 5, figures, "pull")
+    figures["push_100MB_MBps"] = round(100 / push)
+    figures["pull_100MB_MBps"] = round(100 / pull)
+
+
+def bench_relay(cluster: LocalCluster) -> dict:
+    """Push and pull of 100 MB with ``transport='relay'``, every byte through the
+    controller (empty where this ipkernel has no such transport)."""
+    import numpy as np
+
+    from ipkernel import client
+
+    figures: dict[str, float] = {}
+    try:
+        mec = client.MultiEngineClient(cluster.mec_furl, transport="relay")
+    except ValueError:
+        return figures
+    arr = np.random.default_rng(0).random(100 * MB // 8)
+    mec.push({"x": arr}, targets=0)  # warm up both ways
+    mec.pull("x", targets=0)
+    push_pull_100MB(mec, controller_pid(cluster), arr, figures)
+    mec.execute("x = None")
+    mec.close()
+    return figures
+
+
 def first_push(cluster: LocalCluster) -> float:
     """MB/s of the first push a new cluster gets: 100 MB to engine 0, before anything else."""
     import numpy as np
@@ -358,12 +425,7 @@ def bench_path(cluster: LocalCluster, transport: str, quick: bool) -> dict:
     [back] = mec.pull("x", targets=0)
     assert np.array_equal(back, arr)
     del back
-    figures["push_100MB_MBps"] = round(
-        100 / median_time(lambda: mec.push({"x": arr}, targets=0), 5, warmup=0)
-    )
-    figures["pull_100MB_MBps"] = round(
-        100 / median_time(lambda: mec.pull("x", targets=0), 5, warmup=0)
-    )
+    push_pull_100MB(mec, pid, arr, figures)
     figures["scatter_100MB_s"] = round(median_time(lambda: mec.scatter("s", arr), 5, warmup=0), 4)
     figures["gather_100MB_s"] = round(median_time(lambda: mec.gather("s"), 5, warmup=0), 4)
     for _ in range(3):
@@ -431,6 +493,7 @@ def main() -> None:
         figures["first_push_100MB_MBps"] = round(first_push(cluster))
         for transport, name in (("auto", "shm"), ("stream", "stream")):
             figures[name] = bench_path(cluster, transport, quick)
+        figures["relay"] = bench_relay(cluster)
         mec = client.MultiEngineClient(cluster.mec_furl)
         data = list(range(1_000_000))
         figures["scatter_list_1M_s"] = round(

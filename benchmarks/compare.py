@@ -4,10 +4,13 @@
 
 Six columns, two engines/workers each, all on 127.0.0.1: ipkernel as installed (TLS;
 large payloads between processes of one host through shared memory), ipkernel with
-``IPKERNEL_TRANSPORT=stream`` (every byte through the controller over TLS, as between
-hosts), ipyparallel (ZeroMQ, messages signed, not encrypted), Dask over ``tcp://``,
-Dask over ``tls://``, the column to hold ipkernel's figures against when comparing
-encrypted with encrypted, and Ray (two actors, its shared-memory object store).
+``IPKERNEL_TRANSPORT=stream`` (the network path, as between hosts: large payloads over
+direct TLS links between client and engine where they can be made, else through the
+controller), ipyparallel (ZeroMQ, messages signed, not encrypted), Dask over ``tcp://``,
+Dask over ``tls://`` (data through the scheduler, the column to hold ipkernel's figures
+against when comparing encrypted with encrypted), Dask over ``tls://`` with its data
+sent straight between client and worker (``direct=True``), the column for the stream
+path's push and pull, and Ray (two actors, its shared-memory object store).
 
 The peers live in their own virtual environment, ``benchmarks/.peers-venv``, made on the
 first run (or again with ``--setup``) by ``pip install ipyparallel dask distributed numpy
@@ -52,7 +55,15 @@ from _round import MARKER, running, session_members, sizes, start_time, stop_pid
 VENV = HERE / ".peers-venv"
 # cryptography: Dask needs it for TLS (Security.temporary) but does not depend on it.
 PEER_PACKAGES = ("ipyparallel", "dask", "distributed", "numpy", "cryptography", "ray")
-SYSTEMS = ("ipkernel", "ipkernel-stream", "ipyparallel", "dask", "dask-tls", "ray")
+SYSTEMS = (
+    "ipkernel",
+    "ipkernel-stream",
+    "ipyparallel",
+    "dask",
+    "dask-tls",
+    "dask-tls-direct",
+    "ray",
+)
 OURS = ("ipkernel", "ipkernel-stream")
 TITLES = {
     "ipkernel": "ipkernel",
@@ -60,6 +71,7 @@ TITLES = {
     "ipyparallel": "ipyparallel",
     "dask": "Dask",
     "dask-tls": "Dask TLS",
+    "dask-tls-direct": "Dask TLS direct to worker",
     "ray": "Ray",
 }
 #: Seconds one round of one system may take before it is stopped (Dask's scatter of a

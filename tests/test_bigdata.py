@@ -21,6 +21,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from ipkernel.errors import CompositeError, EngineError, TransferError
+from ipkernel.wire.stream_table import stream_stats
 from tests.cluster import Cluster, poll
 
 MB = 1_000_000
@@ -275,9 +276,12 @@ class KilledProcessTests(TestCase):
         self.addCleanup(child.wait)
         self.addCleanup(lambda: child.poll() is None and child.kill())
         yield poll(marker.exists, "the client to send its push")
-        if transport == "stream":
+        if transport == "relay":
             # Held at the controller, mid-way: its engine is busy.
             yield poll_stats(mec, lambda s: s["incoming"] == 1, "the push to reach the controller")
+        elif transport == "stream":
+            # Waiting in the engine's queue; its bytes wait at the client, on the link.
+            yield poll_queued(mec, "push")
         os.kill(child.pid, signal.SIGKILL)
         yield poll(lambda: child.poll() is not None, "the client to die")
         yield transfer_idle(mec)
@@ -288,20 +292,35 @@ class KilledProcessTests(TestCase):
         self.assertEqual((yield mec.pull("id", targets=0)), [0])
         self.assertEqual(dev_shm(), before)
 
-    def test_client_killed_mid_push_stream(self):
+    def test_client_killed_mid_push_relayed(self):
         """A client killed while its pushed data streams through the controller: the
         controller frees the stream, the engine binds nothing and keeps serving."""
+        return self.kill_client_mid_push("relay")
+
+    def test_client_killed_mid_push_direct(self):
+        """A client killed while its push, to go over its direct link, waits in the
+        engine's queue: the link closes, the push fails on the engine without binding
+        anything, and the engine keeps serving."""
         return self.kill_client_mid_push("stream")
 
     def test_client_killed_mid_push_shared(self):
         """A client killed while its shared-memory push waits: nothing is left anywhere."""
         return self.kill_client_mid_push("auto")
 
+    def test_engine_killed_mid_relayed_transfer(self):
+        """An engine killed while data streams to it and from it through the controller:
+        its share fails with EngineError, the controller frees the streams, the other
+        engine is unaffected."""
+        return self.kill_engine_mid_transfer("relay")
+
+    def test_engine_killed_mid_direct_transfer(self):
+        """The same over direct links: the client's end of the link aborts its stream,
+        the call fails for that engine alone."""
+        return self.kill_engine_mid_transfer("stream")
+
     @inlineCallbacks
-    def test_engine_killed_mid_transfer(self):
-        """An engine killed while data streams to it and from it: its share fails with
-        EngineError, the controller frees the streams, the other engine is unaffected."""
-        cluster = Cluster(self, n=2, env={"IPKERNEL_TRANSPORT": "stream"})
+    def kill_engine_mid_transfer(self, transport: str):
+        cluster = Cluster(self, n=2, env={"IPKERNEL_TRANSPORT": transport})
         mec = yield cluster.start()
         before = dev_shm()
         pids = yield mec.get_engine_info()
@@ -310,7 +329,7 @@ class KilledProcessTests(TestCase):
         arr = np.ones(400 * MB // 8)
         d = mec.push({"big": arr}, targets=1)
         d.addErrback(lambda f: f.value)
-        yield poll_stats(mec, lambda s: s["incoming"] > 0, "the push to stream")
+        yield poll_streaming(mec, transport, "the push to stream")
         victim.send_signal(signal.SIGKILL)
         error = yield d
         self.assertIsInstance(error, CompositeError)
@@ -321,7 +340,7 @@ class KilledProcessTests(TestCase):
         yield mec.execute("import numpy; big = numpy.ones(50_000_000)", targets=0)
         d = mec.pull("big", targets=0)
         d.addErrback(lambda f: f.value)
-        yield poll_stats(mec, lambda s: s["incoming"] > 0, "the pull to stream")
+        yield poll_streaming(mec, transport, "the pull to stream")
         procs[pids[0]["pid"]].send_signal(signal.SIGKILL)
         error = yield d
         self.assertIsInstance(error, CompositeError)
@@ -340,6 +359,26 @@ def poll_stats(mec, predicate, what: str):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}; stats {stats}")
         yield task.deferLater(reactor, 0.005, lambda: None)
+
+
+def poll_streaming(mec, transport: str, what: str):
+    """Fire once a stream runs: through the controller (``relay``), or over one of this
+    process's direct links."""
+    if transport == "relay":
+        return poll_stats(mec, lambda s: s["incoming"] > 0, what)
+    return poll(lambda: sum(stream_stats()[k] for k in ("incoming", "outgoing")) > 0, what)
+
+
+@inlineCallbacks
+def poll_queued(mec, command: str):
+    deadline = time.monotonic() + 30
+    while True:
+        [(_, status)] = yield mec.queue_status(targets=0)
+        if command in status["queue"]:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {command} in engine 0's queue: {status}")
+        yield task.deferLater(reactor, 0.02, lambda: None)
 
 
 @inlineCallbacks

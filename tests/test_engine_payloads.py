@@ -25,6 +25,9 @@ class _Avatar:
         self.calls.append((method, *args))
         return succeed(None)
 
+    def notifyOnDisconnect(self, callback) -> None:  # noqa: N802 - PB's name
+        pass
+
 
 class ReleaseTests(SynchronousTestCase):
     def test_releases_wait_for_the_given_reactor(self):

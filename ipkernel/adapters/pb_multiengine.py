@@ -41,7 +41,7 @@ def _checked_args(args: object) -> list:
 
 
 #: The transfer hints a client may send with a command (see IEngine.call).
-_OPTION_KEYS = frozenset({"reply_to"})
+_OPTION_KEYS = frozenset({"reply_to", "direct"})
 
 
 def _checked_options(options: object) -> dict | None:
@@ -56,6 +56,9 @@ def _checked_options(options: object) -> dict | None:
         or not all(isinstance(v, (bytes, str, int)) for v in reply_to)
     ):
         raise WireError("TypeError", "reply_to must be a short list of plain values")
+    direct = options.get("direct")
+    if direct is not None and not (isinstance(direct, bytes) and len(direct) == 32):
+        raise WireError("TypeError", "direct must be a certificate digest (32 bytes)")
     return dict(options)
 
 

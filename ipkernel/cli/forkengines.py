@@ -49,6 +49,7 @@ _PRELOAD = (
     "ipkernel.serialization",
     "ipkernel.shm",
     "ipkernel.wire.connect",
+    "ipkernel.wire.direct_listener",
     "ipkernel.wire.transfer",
     # Not the engine's own, but what a user's first array brings: unpickling one imports
     # numpy, which would otherwise cost each engine about 0.1 s of CPU inside that call

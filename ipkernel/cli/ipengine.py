@@ -15,6 +15,15 @@ from ipkernel.cli import lifeline
 from ipkernel.cli.command_options import CommandOptions
 
 
+def _data_ports(text: str) -> tuple[int, int]:
+    from ipkernel.wire.direct_listener import parse_ports
+
+    try:
+        return parse_ports(text)
+    except ValueError as exc:
+        raise usage.UsageError(str(exc)) from None
+
+
 class Options(CommandOptions):
     """Options of ``ipengine``."""
 
@@ -33,9 +42,35 @@ class Options(CommandOptions):
         ],
         ["security-dir", None, None, "Where the key files are (default: $IPKERNEL_DIR/security)."],
         ["log-dir", None, None, "Where the log goes (default: $IPKERNEL_DIR/log)."],
+        [
+            "data-address",
+            None,
+            None,
+            "Address of the data listener, where clients open direct links for large data "
+            "(default: the address this engine reaches the controller from; 0.0.0.0: "
+            "every interface).",
+        ],
+        [
+            "data-ports",
+            None,
+            None,
+            "Port or range LOW-HIGH for the data listener, the first free one is taken "
+            "(default: any free port).",
+            _data_ports,
+        ],
+        [
+            "data-advertise",
+            None,
+            None,
+            "Host that clients dial for direct links, if not the listening address "
+            "(behind NAT or port forwarding).",
+        ],
         ["lifeline-fd", None, None, lifeline.HELP, lifeline.open_fd],
     ]
     metavars = {
+        "data-address": "HOST",
+        "data-ports": "PORTS",
+        "data-advertise": "HOST",
         "furl-file": "FILE",
         "lifeline-fd": "FD",
         "security-dir": "DIR",
@@ -111,17 +146,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from ipkernel.shm import SegmentKeeper
     from ipkernel.wire.buffers import tune_allocator
-    from ipkernel.wire.transfer import EnginePayloads
+    from ipkernel.wire.direct_listener import DataListener, LinkedEnginePayloads
 
     tune_allocator()
 
+    listener = DataListener(
+        reactor,
+        interface=options["data-address"],
+        ports=options["data-ports"],
+        advertise=options["data-advertise"],
+        local_host=lambda: service.local_host(),
+    )
     core = EngineCore(
         interpreter,
         properties,
         executor,
         on_kill=kill,
         on_interrupt=executor.interrupt,
-        payloads=EnginePayloads(SegmentKeeper(reactor), lambda: core.id),
+        payloads=LinkedEnginePayloads(SegmentKeeper(reactor), lambda: core.id, listener, reactor),
     )
     core.info["mpi_rank"] = rank
     furl = options["furl-file"] or str(

@@ -51,9 +51,9 @@ class AsyncMultiEngineClient(ControllerConnection):
 
     Call its methods from the thread of ``reactor``, the reactor its connection runs in
     (it also schedules the release of engines' shared-memory results). ``transport`` is
-    ``'auto'`` (shared memory with engines on this host, streams otherwise) or
-    ``'stream'`` (always the network); the default is
-    ``$IPKERNEL_TRANSPORT``, else ``'auto'``.
+    ``'auto'`` (shared memory with engines on this host, streams otherwise), ``'stream'``
+    (always the network: direct links to engines where possible) or ``'relay'`` (always
+    through the controller); the default is ``$IPKERNEL_TRANSPORT``, else ``'auto'``.
     """
 
     def __init__(
@@ -69,7 +69,7 @@ class AsyncMultiEngineClient(ControllerConnection):
 
     @property
     def transport(self) -> str:
-        """How large data travels: ``'auto'`` or ``'stream'``."""
+        """How large data travels: ``'auto'``, ``'stream'`` or ``'relay'``."""
         return self._payloads.transport
 
     @classmethod
@@ -102,7 +102,7 @@ class AsyncMultiEngineClient(ControllerConnection):
         container: type = list,
     ) -> Deferred:
         check_targets(targets)
-        options = self._payloads.reply_options(command)
+        options = self._payloads.reply_options(command, targets)
         extra = () if options is None else (options,)
         d = self._turns.send(lambda: self._remote("call", targets, command, args, *extra))
         d.addCallback(self._count_engines, targets)
@@ -117,7 +117,7 @@ class AsyncMultiEngineClient(ControllerConnection):
         turn: Turn | None = None,
     ) -> Deferred:
         """``command`` with ``per_target[i]`` on ``targets[i]``, in ``turn`` if given."""
-        options = self._payloads.reply_options(command)
+        options = self._payloads.reply_options(command, targets)
         extra = () if options is None else (options,)
 
         def request() -> Deferred:

@@ -78,7 +78,8 @@ class MultiEngineClient:
     (or the key's URL) to use another. ``targets`` (default ``'all'``) and ``block``
     (default ``True``) are the defaults of every method that acts on engines; each call
     can override them with the keywords of the same names. ``transport='stream'`` sends
-    large data over the network even to engines on this host (default: ``'auto'``, or
+    large data over the network even to engines on this host, ``'relay'`` all of it
+    through the controller, never over direct links (default: ``'auto'``, or
     ``$IPKERNEL_TRANSPORT``).
     """
 

@@ -67,8 +67,9 @@ class AsyncTaskClient(ControllerConnection):
     any thread may call them.
 
     ``transport`` is ``'auto'`` (large task bodies and results through shared memory
-    when the controller is on this host, streams otherwise) or ``'stream'`` (always the
-    network); the default is ``$IPKERNEL_TRANSPORT``, else ``'auto'``.
+    when the controller is on this host, streams otherwise) or ``'stream'`` or
+    ``'relay'`` (always the network: task payloads always go through the controller);
+    the default is ``$IPKERNEL_TRANSPORT``, else ``'auto'``.
     """
 
     #: Seconds a call waits for a controller that went away to be back (see the module

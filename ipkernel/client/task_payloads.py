@@ -35,7 +35,8 @@ __all__ = ["TaskPayloads"]
 class TaskPayloads:
     """One Task client's payload policy (see the module docstring).
 
-    :param transport: ``'auto'`` or ``'stream'``; default ``$IPKERNEL_TRANSPORT``.
+    :param transport: ``'auto'``, ``'stream'`` or ``'relay'`` (the same as ``'stream'``
+        here); default ``$IPKERNEL_TRANSPORT``.
     """
 
     def __init__(self, transport: str | None = None) -> None:

@@ -25,6 +25,7 @@ from zope.interface import implementer
 from ipkernel.engine.interpreter import Interpreter
 from ipkernel.engine.properties import Properties
 from ipkernel.engine.tasks import TaskRunner
+from ipkernel.errors import TransferError
 from ipkernel.frames import Serialized
 from ipkernel.interfaces.engine import DIRECT_COMMANDS, QUEUED_COMMANDS, IEngine
 from ipkernel.serialization import deserialize, dump, serialize, serialize_failure
@@ -33,7 +34,12 @@ Executor = Callable[..., Deferred]
 
 
 class PayloadPolicy(Protocol):
-    """How an engine sends large results (see :class:`ipkernel.wire.transfer.EnginePayloads`)."""
+    """How an engine sends large results (see :class:`ipkernel.wire.transfer.EnginePayloads`).
+
+    A policy that takes direct links from clients also has ``introduce(certificate)``
+    (see :class:`ipkernel.wire.direct_listener.LinkedEnginePayloads`), which the
+    ``introduce`` command calls; without it the command fails.
+    """
 
     def pack(self, serialized: Serialized, options: dict | None, stable: bool = True) -> Any:
         """Frames or a payload object for ``serialized``, given the request's ``options``;
@@ -196,6 +202,14 @@ class EngineCore:
         if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
             raise TypeError("release_shm needs a list of segment tokens")
         return 0 if self.payloads is None else self.payloads.release(list(tokens))
+
+    def cmd_introduce(self, certificate: object) -> list:
+        """A client is introduced (its certificate, PEM): take direct links from it;
+        return ``[host, port, fingerprint]`` of this engine's data listener."""
+        introduce = getattr(self.payloads, "introduce", None)
+        if introduce is None:
+            raise TransferError("this engine takes no direct links")
+        return introduce(certificate)  # type: ignore[no-any-return]
 
     def cmd_kill(self) -> None:
         if self._on_kill is not None:

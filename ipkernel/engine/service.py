@@ -215,6 +215,14 @@ class EngineService(Service):
         self._retry_call = self.reactor.callLater(self._delay, self._attempt)
         self._delay = min(self._delay * 1.5, self.max_delay)
 
+    def local_host(self) -> str | None:
+        """The address of this host that the connection to the controller goes out from
+        (None while there is none)."""
+        registrar = self.registrar
+        transport = None if registrar is None else registrar.broker.transport
+        host = None if transport is None else getattr(transport.getHost(), "host", None)
+        return host if isinstance(host, str) else None
+
     def notify_properties_changed(self, version: int) -> None:
         """Tell the controller (from the reactor thread) that the properties changed."""
         if self.registrar is not None:

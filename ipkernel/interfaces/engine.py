@@ -57,6 +57,7 @@ command               args                                ``ok`` value
 ``clear_properties``  ``[]``                              ``None``
 ``ping``              ``[]``                              ``"pong"``
 ``release_shm``       ``[[segment tokens]]``              how many segments it closed
+``introduce``         ``[certificate PEM]``               ``[host, port, fingerprint]``
 ``interrupt``         ``[]`` or ``[taskid]``              ``None``
 ``kill``              ``[]``                              ``None`` (then the engine stops)
 ====================  ==================================  ================================
@@ -64,6 +65,11 @@ command               args                                ``ok`` value
 ``interrupt()`` raises ``KeyboardInterrupt`` in the running command; ``interrupt(taskid)``
 aborts one task of a ``run_task`` batch: skipped if it has not started, interrupted if it
 is running, and no other task is touched.
+
+``introduce(certificate)`` is how the controller introduces a MultiEngine client to the
+engine for direct links (:mod:`ipkernel.wire.direct`): the engine accepts links from the
+holder of that certificate and answers where to dial it and which certificate it will
+show. It fails (``raised``) where the engine takes no direct links.
 
 A command that fails affects only itself.
 """
@@ -99,6 +105,7 @@ DIRECT_COMMANDS = frozenset(
         "kill",
         "ping",
         "release_shm",
+        "introduce",
     }
 )
 
@@ -129,9 +136,11 @@ class IEngine(Interface):
         ``run_task`` may take a second argument ``{record index: body payload}`` for the
         task bodies that travel apart; the controller passes payloads on untouched.
 
-        ``options`` is ``None`` or a dict of wire-safe transfer hints, for now
-        ``reply_to``: the requester's shared-memory probe, so that the engine may answer a
-        large result through shared memory. Every implementation takes ``options``.
+        ``options`` is ``None`` or a dict of wire-safe transfer hints: ``reply_to``, the
+        requester's shared-memory probe, so that the engine may answer a large result
+        through shared memory; ``direct``, the requesting client's certificate digest, so
+        that it may answer over that client's direct link (see ``introduce`` and
+        :mod:`ipkernel.wire.direct`). Every implementation takes ``options``.
 
         Returns a Deferred that fires with an outcome (see the module docstring): ``ok``
         with the frames (or a payload object standing for them) of the command's value,

@@ -25,7 +25,9 @@ Modules:
 - :mod:`~ipkernel.security.controller_keys`: :class:`ControllerKeys`,
   :func:`previous_ports`, everything the controller writes to its security directory,
   kept across restarts with ``--reuse-keys``;
-- :mod:`~ipkernel.security.private_files`: how all of them are written.
+- :mod:`~ipkernel.security.private_files`: how all of them are written;
+- :mod:`~ipkernel.security.peer_identity`: ``PeerIdentity``, the throwaway
+  certificates of direct links between clients and engines (never written anywhere).
 
 Every file written here is mode 0600 in a directory of mode 0700.
 """

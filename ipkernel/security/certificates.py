@@ -25,7 +25,7 @@ from ipkernel.security.private_files import write_private_file
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-__all__ = ["CERT_NAME", "ControllerIdentity", "fingerprint_of"]
+__all__ = ["CERT_NAME", "ControllerIdentity", "fingerprint_of", "self_signed"]
 
 #: Subject common name and DNS subject-alternative name of the controller's certificate.
 #: A synthetic name: nobody checks it against the dialled address (the fingerprint is the
@@ -41,6 +41,33 @@ _CERT_BACKDATE = datetime.timedelta(days=1)
 def fingerprint_of(certificate: x509.Certificate) -> str:
     """Return the SHA-256 fingerprint of ``certificate``'s DER encoding, 64 lowercase hex digits."""
     return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+def self_signed(
+    key: ec.EllipticCurvePrivateKey,
+    name: str,
+    usages: list[x509.ObjectIdentifier],
+    now: datetime.datetime | None = None,
+) -> x509.Certificate:
+    """A self-signed certificate for ``key``: subject and DNS subject-alternative name
+    ``name``, not a CA, extended key usages ``usages``, valid from a day before ``now``
+    (default: the current UTC time) for ten years."""
+    if now is None:
+        now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CERT_BACKDATE)
+        .not_valid_after(now + _CERT_VALIDITY)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .sign(key, hashes.SHA256())
+    )
 
 
 @dataclass(frozen=True)
@@ -63,24 +90,8 @@ class ControllerIdentity:
         Subject and subject-alternative name are :data:`CERT_NAME`; the certificate is
         valid from a day before ``now`` (default: the current UTC time) for ten years.
         """
-        if now is None:
-            now = datetime.datetime.now(datetime.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CERT_NAME)])
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _CERT_BACKDATE)
-            .not_valid_after(now + _CERT_VALIDITY)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(CERT_NAME)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(certificate, key)
+        return cls(self_signed(key, CERT_NAME, [ExtendedKeyUsageOID.SERVER_AUTH], now), key)
 
     @classmethod
     def load(cls, security_dir: str | os.PathLike[str]) -> ControllerIdentity:

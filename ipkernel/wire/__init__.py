@@ -14,5 +14,8 @@ shared memory) and finds payloads in received arguments. Streams follow
 :mod:`ipkernel.wire.relay` relays through the controller, and
 :mod:`ipkernel.wire.stream_table` holds one connection's streams.
 :mod:`ipkernel.wire.shared` holds the shared-memory payloads; :mod:`ipkernel.wire.kept`
-what the controller keeps of both (task bodies and results).
+what the controller keeps of both (task bodies and results). Direct links carry a
+client's and an engine's streams past the controller: :mod:`ipkernel.wire.direct` (the
+links and their payloads), :mod:`ipkernel.wire.direct_reference` (how such a payload is
+named in a message), :mod:`ipkernel.wire.direct_listener` (the engine's end).
 """

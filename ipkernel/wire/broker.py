@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.spread import banana, jelly, pb
 from twisted.spread.banana import BananaError
 
+from ipkernel.wire import direct_reference  # noqa: F401 - registers direct references
 from ipkernel.wire.codec import (
     POST_AUTH_PENDING_LIMIT,
     POST_AUTH_SIZE_LIMIT,

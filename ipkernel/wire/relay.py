@@ -39,10 +39,18 @@ from ipkernel.wire.stream_protocol import (
     WINDOW,
 )
 
-__all__ = ["Branch", "Relay", "RelayedPayload"]
+__all__ = ["Branch", "Relay", "RelayedPayload", "relayed_bytes"]
 
 # The relayed streams still receiving (they share RELAY_BUDGET).
 _relays: weakref.WeakSet[Relay] = weakref.WeakSet()
+# Bytes that have arrived in relayed streams since this process started.
+_arrived = [0]
+
+
+def relayed_bytes() -> int:
+    """How many bytes of streams have come through (or been kept by) this process's
+    relays since it started."""
+    return _arrived[0]
 
 
 def _size(data: Any) -> int:
@@ -201,6 +209,7 @@ class Relay:
             self._upstream_abort("a stream's sender went beyond its credit")
             return
         self.received += size
+        _arrived[0] += size
         self._ends.append(self.received)
         self.chunks.append(data)
         self.sizes.append(size)

@@ -23,7 +23,7 @@ from twisted.spread.jelly import InsecureJelly, setUnjellyableForClass
 from ipkernel.wire.codec import Landed
 from ipkernel.wire.outgoing import Outgoing
 from ipkernel.wire.received import ReceivedPayload
-from ipkernel.wire.relay import Relay, RelayedPayload
+from ipkernel.wire.relay import Relay, RelayedPayload, relayed_bytes
 from ipkernel.wire.stream_protocol import STREAM_TYPE, WINDOW
 
 __all__ = ["StreamTable", "authenticated_table", "stream_stats"]
@@ -222,7 +222,8 @@ class StreamTable:
 
 
 def stream_stats() -> dict[str, int]:
-    """Totals of :meth:`StreamTable.stats` over every live connection of this process."""
+    """Totals of :meth:`StreamTable.stats` over every live connection of this process,
+    and ``relayed``: the bytes its relays have taken in since it started."""
     totals = {"connections": 0, "incoming": 0, "outgoing": 0, "held": 0}
     for table in list(_tables):
         if table.lost:
@@ -230,6 +231,7 @@ def stream_stats() -> dict[str, int]:
         totals["connections"] += 1
         for key, value in table.stats().items():
             totals[key] += value
+    totals["relayed"] = relayed_bytes()
     return totals
 
 

@@ -29,6 +29,7 @@ import hmac
 import os
 import ssl
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -54,10 +55,16 @@ _OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET | getattr(ssl, "OP_NO_RENEGO
 
 
 def server_context(identity: Any) -> ssl.SSLContext:
-    """The listening side's context for ``identity`` (a ControllerIdentity): TLS 1.2+."""
+    """The listening side's context for ``identity`` (a ControllerIdentity, or a
+    :class:`~ipkernel.security.peer_identity.PeerIdentity`): TLS 1.2+."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= _OPTIONS
+    _load_identity(ctx, identity)
+    return ctx
+
+
+def _load_identity(ctx: ssl.SSLContext, identity: Any) -> None:
     key_pem = identity.private_key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -71,17 +78,19 @@ def server_context(identity: Any) -> ssl.SSLContext:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         ctx.load_cert_chain(cert_path, key_path)
-    return ctx
 
 
-def client_context() -> ssl.SSLContext:
-    """The connecting side's context: TLS 1.2+, no CA and no host name (pinned instead)."""
+def client_context(identity: Any = None) -> ssl.SSLContext:
+    """The connecting side's context: TLS 1.2+, no CA and no host name (pinned instead);
+    it presents ``identity``'s certificate when given (a direct link's client)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False
     # The server's certificate is checked against the pin once the handshake is done.
     ctx.verify_mode = ssl.CERT_NONE
     ctx.options |= _OPTIONS
+    if identity is not None:
+        _load_identity(ctx, identity)
     return ctx
 
 
@@ -128,6 +137,9 @@ class _Server(TLSTransport, tcp.Server):
         self._start_tls(server.context, server_side=True, peer_timeout=server.peer_timeout)
 
     def _handshake_done(self) -> Any:
+        accept = self.server.accept_peer
+        if accept is not None and not accept(self.getPeerCertificate()):
+            return None
         return self._pending_protocol
 
 
@@ -142,10 +154,12 @@ class _Port(tcp.Port):
         interface: str,
         reactor: Any,
         peer_timeout: float | None,
+        accept_peer: Any,
     ) -> None:
         super().__init__(port, _DeferConnection(factory), BACKLOG, interface, reactor)
         self.context = context
         self.peer_timeout = peer_timeout
+        self.accept_peer = accept_peer
 
 
 class _DeferConnection:
@@ -241,14 +255,18 @@ def listen_tls(
     context: ssl.SSLContext,
     interface: str = "",
     peer_timeout: float | None = None,
+    accept_peer: Callable[[bytes | None], bool] | None = None,
 ) -> Any:
     """Listen on ``port`` with TLS (``context``: see :func:`server_context`).
 
     With ``peer_timeout`` (seconds), each connection is dropped once the peer's host has
     sent nothing for that long (see :mod:`ipkernel.wire.keepalive`); it then ends with
-    :class:`~ipkernel.wire.keepalive.PeerSilent`.
+    :class:`~ipkernel.wire.keepalive.PeerSilent`. With ``accept_peer``, a connection is
+    dropped after its handshake, before any application data, unless
+    ``accept_peer(der)`` is true of the certificate the peer showed (DER, or None).
+    Raises ``twisted.internet.error.CannotListenError``.
     """
-    listening = _Port(port, factory, context, interface, reactor, peer_timeout)
+    listening = _Port(port, factory, context, interface, reactor, peer_timeout, accept_peer)
     listening.startListening()
     return listening
 
@@ -261,16 +279,18 @@ def connect_tls(
     fingerprint: str,
     timeout: float = 30,
     peer_timeout: float | None = None,
+    identity: Any = None,
 ) -> ClientPin:
     """Dial ``host:port`` with TLS, accepting only the certificate ``fingerprint`` names.
 
     Returns the :class:`ClientPin`, which says after a failure whether the server showed
     another certificate. ``ValueError`` if ``fingerprint`` is not 64 hex digits.
-    ``peer_timeout``: as for :func:`listen_tls`.
+    ``timeout`` bounds the TCP connection and, again, the handshake. ``peer_timeout``: as
+    for :func:`listen_tls`. With ``identity``, its certificate is shown to the server.
     """
     pin = ClientPin(fingerprint)
     connector = _Connector(
-        host, port, factory, timeout, reactor, client_context(), pin, peer_timeout
+        host, port, factory, timeout, reactor, client_context(identity), pin, peer_timeout
     )
     connector.connect()
     return pin

@@ -10,7 +10,8 @@ inline
 stream
     an :class:`~ipkernel.wire.outgoing.OutgoingPayload`: the parts follow the message in
     chunks, with credit flow control, relayed by the controller
-    (:mod:`ipkernel.wire.stream_protocol`).
+    (:mod:`ipkernel.wire.stream_protocol`), or over a direct link between the client and
+    the engine (a :class:`~ipkernel.wire.direct.DirectPayload`).
 shared memory
     a :class:`~ipkernel.wire.shared.SharedPayload`: the sender wrote the parts into a
     segment (:mod:`ipkernel.shm`) and the message carries its handle; the controller
@@ -54,24 +55,27 @@ __all__ = [
 INLINE_LIMIT = 64 * 1024
 
 #: The environment variable that chooses the transport: ``auto`` (shared memory where
-#: possible, the default) or ``stream`` (always the network).
+#: possible, the default), ``stream`` (always the network: over a direct link between
+#: client and engine where one can be made, see :mod:`ipkernel.wire.direct`, else through
+#: the controller) or ``relay`` (always the network, always through the controller).
 TRANSPORT_ENV = "IPKERNEL_TRANSPORT"
 
 _log = Logger()
 
 
 def transport_mode(value: str | None = None) -> str:
-    """``'auto'`` or ``'stream'``: ``value`` if given, else ``$IPKERNEL_TRANSPORT``.
+    """``'auto'``, ``'stream'`` or ``'relay'``: ``value`` if given, else
+    ``$IPKERNEL_TRANSPORT``.
 
     :raises ValueError: for any other value.
     """
     if value is None:
         value = os.environ.get(TRANSPORT_ENV) or "auto"
     mode = value.strip().lower()
-    if mode not in ("auto", "stream"):
+    if mode not in ("auto", "stream", "relay"):
         raise ValueError(
-            f"transport must be 'auto' or 'stream', not {value!r} (from {TRANSPORT_ENV} "
-            "or the transport option)"
+            f"transport must be 'auto', 'stream' or 'relay', not {value!r} (from "
+            f"{TRANSPORT_ENV} or the transport option)"
         )
     return mode
 
@@ -114,7 +118,8 @@ class EnginePayloads:
     (``release_shm``) or exits.
 
     :param engine_id: returns the engine's current id (the owner named in handles).
-    :param transport: ``'auto'`` or ``'stream'``; default ``$IPKERNEL_TRANSPORT``.
+    :param transport: ``'auto'``, ``'stream'`` or ``'relay'``; default
+        ``$IPKERNEL_TRANSPORT``.
     """
 
     def __init__(
