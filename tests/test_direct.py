@@ -44,7 +44,12 @@ def connection(relay: bool) -> SimpleNamespace:
     broker = SimpleNamespace(
         authenticated=True, streams=StreamTable(_ignore, _ignore, relay=relay, odd=not relay)
     )
-    return SimpleNamespace(invoker=broker)
+    return SimpleNamespace(
+        invoker=broker,
+        prepare=lambda obj: [],
+        preserve=lambda obj, expression: expression,
+        jelly=lambda obj: obj,
+    )
 
 
 def unjelly(reference: list, relay: bool = False):

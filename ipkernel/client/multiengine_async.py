@@ -190,7 +190,7 @@ class AsyncMultiEngineClient(ControllerConnection):
         once) before the next payload is serialized. Fires as :meth:`_call_each` would.
         """
         payloads: list[Any] = []
-        options = self._payloads.reply_options(command)
+        options = self._payloads.reply_options(command, ids)
         extra = () if options is None else (options,)
 
         def request() -> Deferred:
