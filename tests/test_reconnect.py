@@ -172,11 +172,13 @@ class FakeCalls:
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[int], Deferred]] = []
+        self.rest: list[tuple] = []  # the arguments after the message, per call
 
     def __call__(self, method: str, message: list, *rest) -> Deferred:
         ids = [fields[0] for fields, _ in TASK_SUBMIT.unpack(message) if fields[0] != -1]
         d: Deferred = Deferred()
         self.calls.append((ids, d))
+        self.rest.append(rest)
         return d
 
 
@@ -222,6 +224,15 @@ class LostBatchTests(SynchronousTestCase):
         self.successResultOf(acks[1])
         self.successResultOf(synced)
         self.assertIsNone(self.batches.refusal([5, 6]))
+
+    def test_a_batch_someone_waits_for_says_so(self):
+        """A batch with a task whose acceptance is waited for (the asynchronous run())
+        asks the controller to answer at once; a batch nobody waits for does not."""
+        self.batches.send(1, wire())
+        self.batches.flush()
+        self.batches.send(2, wire(), Deferred())
+        self.batches.flush()
+        self.assertEqual(self.calls.rest, [(), (None, True)])
 
     def test_lost_batch_fails_if_the_controller_does_not_come_back(self):
         """fail_lost fails the lost tasks with the error given; later calls naming them

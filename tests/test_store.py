@@ -23,14 +23,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from ipkernel import tap
+from ipkernel.adapters.pb_task import TaskAdapter
 from ipkernel.cli.ipcluster.options import StartOptions, controller_argv
 from ipkernel.controller.service import ControllerService
 from ipkernel.controller.store import ITaskStore, MemoryStore, TaskRecord, TaskSpec
 from ipkernel.controller.store_payloads import PayloadShelf
 from ipkernel.controller.store_sqlite import SQLiteStore, StoreUnavailable, payload_directory
 from ipkernel.controller.tasks import TaskController
-from ipkernel.interfaces.records import STATUSES, TASK_REPLY, TASK_RUN
+from ipkernel.interfaces.records import STATUSES, TASK_REPLY, TASK_RUN, TASK_SUBMIT
 from ipkernel.serialization import dump
+from ipkernel.wire.errors import WireError
 from ipkernel.wire.kept import KeptPayload, open_kept
 from tests.fakes import FakeEngine
 
@@ -216,7 +218,9 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         return self.make_store()
 
     def settle(self) -> None:
-        self.clock.pump([0.5] * 4)
+        """Past the delay of new rows and the next write."""
+        writes = self.stores[-1].writes
+        self.clock.pump([writes.interval] * (int(writes.delay / writes.interval) + 2))
 
     def payload_files(self) -> list[str]:
         return sorted(os.listdir(payload_directory(self.path)))
@@ -253,6 +257,27 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         self.assertEqual(restarted.register_engine(FakeEngine()), 3)
         self.assertEqual(restarted.register_engine(FakeEngine(), requested_id=1), 1)
         self.assertEqual(restarted.register_engine(FakeEngine()), 4)
+
+    def test_a_waited_submission_is_answered_at_once(self):
+        """The Task adapter answers run_tasks once the store keeps the tasks: with a
+        later batch of writes when the client does not wait for the answer, at once
+        (with the tasks before) when it says it waits; a flag that is not a bool is
+        refused."""
+        adapter = TaskAdapter(ControllerService(clock=self.clock, store=self.make_store()).tasks)
+        first = adapter.remote_reserve_ids(3)
+
+        def message(taskid: int) -> bytes:
+            return TASK_SUBMIT.pack([((taskid, 0), ([b"body"], None))])
+
+        unwaited = adapter.remote_run_tasks(message(first))
+        self.clock.advance(0)
+        self.assertNoResult(unwaited)
+        self.assertEqual(
+            self.successResultOf(adapter.remote_run_tasks(message(first + 1), None, True)), []
+        )
+        self.assertEqual(self.successResultOf(unwaited), [])
+        error = self.assertRaises(WireError, adapter.remote_run_tasks, message(first + 2), None, 1)
+        self.assertEqual(error.type_name, "TypeError")
 
     def test_changes_not_committed_are_lost_at_a_crash(self):
         """Changes are batched: until the next write, a crash loses them (which is why
@@ -296,7 +321,7 @@ class SQLiteStoreTests(StoreBehaviour, SynchronousTestCase):
         self.clock.advance(writes.interval)
         self.assertEqual(writes.stats["rows"], 1)
         self.assertNoResult(accepted)
-        self.clock.pump([writes.interval] * 4)  # past the delay
+        self.clock.pump([writes.interval] * int(writes.delay / writes.interval))  # past it
         self.successResultOf(accepted)
         self.assertEqual(writes.stats["rows"], 2)
         finish(store, waiting, ("ok", [b"r"]))  # its row is updated

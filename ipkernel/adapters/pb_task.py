@@ -109,10 +109,14 @@ class TaskAdapter(pb.Referenceable):
         self._share = mine is not None and shm.same_host(probe)
         return mine.to_wire() if self._share and mine is not None else None
 
-    def remote_run_tasks(self, message: object, payloads: object = None) -> Deferred:
+    def remote_run_tasks(
+        self, message: object, payloads: object = None, waited: object = False
+    ) -> Deferred:
         """Submit the tasks packed in ``message`` (:data:`~ipkernel.interfaces.records.TASK_SUBMIT`)
         under ids this client reserved; ``payloads`` maps record indexes to the large
-        bodies sent apart (those records' bodies are ``None``).
+        bodies sent apart (those records' bodies are ``None``); ``waited`` says that the
+        client waits for this answer (a task store on disk then writes the tasks at once
+        rather than with its next batch).
 
         Fires, once every payload is held here and the task store keeps the tasks, with
         ``[[taskid, type_name, message], ...]`` for the tasks refused (usually none: a
@@ -123,8 +127,10 @@ class TaskAdapter(pb.Referenceable):
             records = TASK_SUBMIT.unpack(message)
         except MalformedRecords as exc:
             raise WireError("TypeError", f"run_tasks: {exc}") from None
+        if not isinstance(waited, bool):
+            raise WireError("TypeError", "run_tasks: waited must be True or False")
         if payloads is None:
-            return self._submit(records, {})
+            return self._submit(records, {}, waited)
         if not isinstance(payloads, dict) or not all(
             isinstance(i, int) and 0 <= i < len(records) and records[i][1][0] is None
             for i in payloads
@@ -135,13 +141,13 @@ class TaskAdapter(pb.Referenceable):
         keeps = [kept.keep(payloads[i]) for i in indexes]
         d = DeferredList(keeps, consumeErrors=True)
         return d.addCallback(
-            lambda results: self._submit(records, dict(zip(indexes, results, strict=True)))
+            lambda results: self._submit(records, dict(zip(indexes, results, strict=True)), True)
         )
 
-    def _submit(self, records: list, held: dict[int, tuple[bool, Any]]) -> Deferred:
+    def _submit(self, records: list, held: dict[int, tuple[bool, Any]], waited: bool) -> Deferred:
         """Submit unpacked records; ``held`` maps record indexes to ``(ok, kept payload
         or failure)``, the outcome of keeping each large body. Fires with the refusals
-        once the task store keeps the tasks accepted."""
+        once the task store keeps the tasks accepted (at once if ``waited``)."""
         tasks: list[tuple[int, list]] = []
         failed: dict[int, str] = {}  # task id -> why a body of its chain is missing
         for index, ((taskid, retries), (body, depend)) in enumerate(records):
@@ -177,8 +183,8 @@ class TaskAdapter(pb.Referenceable):
                 _close_chain(chain)
         # Accepted only once kept: a controller restarted after a crash still has them
         # (the client sends again what it was not told about). A client that sent
-        # large bodies waits for the answer: keep them at once.
-        return self._tasks.committed(bool(held)).addCallback(lambda _: refused)
+        # large bodies, or says it waits, waits for the answer: keep them at once.
+        return self._tasks.committed(waited).addCallback(lambda _: refused)
 
     def remote_get_task_result(
         self, taskid: object, block: object = False, options: object = None

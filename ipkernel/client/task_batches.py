@@ -167,7 +167,11 @@ class TaskBatches:
                 records.append(((taskid if n == 0 else -1, retries), (body, depend)))
         try:
             args: tuple = (TASK_SUBMIT.pack(records),)
-            if payloads:
+            if any(ack is not None for _, _, ack in batch):
+                # Someone waits for the acceptance: a controller with --db, which may
+                # put off writing new tasks for a moment, writes these at once.
+                args += (payloads or None, True)
+            elif payloads:
                 args += (payloads,)
             d = self._call_remote("run_tasks", *args)
         except Exception as exc:

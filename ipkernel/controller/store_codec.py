@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 _COUNT = struct.Struct("<I")
+_ONE_FRAME = struct.Struct("<IQ")  # the count (1) and length of a single frame
 _LINK = struct.Struct("<IBQ")  # retries, flags, size of the body that follows
 _BODY_IN_FILE = 1
 _HAS_DEPEND = 2
@@ -60,6 +61,8 @@ class Malformed(ValueError):
 def pack_frames(frames: Sequence[bytes]) -> bytes:
     """``frames`` as one BLOB."""
     count = len(frames)
+    if count == 1:  # most bodies and results: spare building a format
+        return _ONE_FRAME.pack(1, len(frames[0])) + frames[0]
     return struct.pack(f"<I{count}Q", count, *map(len, frames)) + b"".join(frames)
 
 

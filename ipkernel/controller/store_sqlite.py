@@ -14,7 +14,7 @@ controller on the same file is refused) and writes in the reactor thread, so wri
 batched (:mod:`~ipkernel.controller.store_writes`), into a WAL journal with
 ``synchronous=NORMAL`` (a commit survives the controller's crash; the operating system's
 may lose the last few). What a restart needs is written: a task soon after it is
-submitted (once finished, if it finishes within a second: one row written once), the
+submitted (once finished, if it finishes within 3 s: one row written once), the
 link of its chain in charge when a recovery task takes over, and its end. That a task is
 running on an engine is not (a restart queues it again all the same), so a row reads
 ``scheduled`` until its task finishes, or ``pending`` if it was already running when

@@ -35,8 +35,9 @@ __all__ = ["DEFAULT_DELAY", "DEFAULT_INTERVAL", "MAX_ROWS", "BatchedWrites"]
 
 #: Seconds between writes.
 DEFAULT_INTERVAL = 0.25
-#: Seconds a new task's row may wait for the task to finish (see the module docstring).
-DEFAULT_DELAY = 1.0
+#: Seconds a new task's row may wait for the task to finish (see the module docstring):
+#: long enough for a task at the back of a burst of thousands to get its turn.
+DEFAULT_DELAY = 3.0
 #: Most rows written in one transaction (one reactor turn: about 10 ms).
 MAX_ROWS = 500
 
