@@ -11,6 +11,7 @@ from iproute2, not root, namespaces not allowed).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import random
 import shutil
@@ -30,8 +31,13 @@ def run(*argv: str, check: bool = False) -> subprocess.CompletedProcess:
     return done
 
 
+_serial = itertools.count()
+
+
 def _tag() -> str:
-    return f"{os.getpid() % 10000}{random.randrange(100)}"
+    # Unique among the processes of a run (fixed widths, so two tags never run together
+    # into the same string) and short enough for an interface name (15 characters).
+    return f"{os.getpid() % 100000:05d}{next(_serial) % 1000:03d}"
 
 
 class Namespace:
