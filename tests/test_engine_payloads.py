@@ -1,5 +1,6 @@
 """The MultiEngine client's payload policy in isolation: the shared-memory results it
-opened are released through the reactor it was given, together, once per reactor turn."""
+opened are released through the reactor it was given, together, once per reactor turn;
+one large object for several engines is packed as one stream."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipkernel.client.engine_payloads import EnginePayloads
+from ipkernel.serialization import dump
+from ipkernel.wire.outgoing import OutgoingPayload
+from ipkernel.wire.transfer import INLINE_LIMIT
 
 
 class _Avatar:
@@ -55,3 +59,19 @@ class ReleaseTests(SynchronousTestCase):
         avatar.broker.disconnected = True
         clock.advance(0)
         self.assertEqual(avatar.calls, [])
+
+
+class PackTests(SynchronousTestCase):
+    def test_one_stream_for_every_engine_that_gets_the_same_object(self):
+        """Over the network, one large object for several engines is one stream (the
+        controller fans it out); different objects are different streams; small ones
+        travel inline."""
+        payloads = EnginePayloads(_Avatar(), Clock(), "stream")
+        big, other = dump(bytes(INLINE_LIMIT)), dump(bytes(INLINE_LIMIT + 1))
+        packed = payloads.pack([0, 1, 2, 3], [big, big, other, big])
+        self.assertIsInstance(packed[0], OutgoingPayload)
+        self.assertEqual([p is packed[0] for p in packed], [True, True, False, True])
+        self.assertIsInstance(packed[2], OutgoingPayload)
+        small = payloads.pack([0, 1], [dump(1), dump(1)])
+        self.assertEqual([type(p) for p in small], [list, list])
+        payloads.sent(packed)

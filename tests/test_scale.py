@@ -74,7 +74,7 @@ class ManyEnginesTests(TestCase):
         # leave, 20 new ones join.
         leaving = [s for s in services if s.engine_id is not None and s.engine_id % 10 == 3]
         gone = {s.engine_id for s in leaving}
-        calls = [mec.execute("c = 1", targets=ids) for _ in range(3)]
+        calls = [mec.execute("c = 1", targets="all") for _ in range(3)]
         yield self.stop_engines(leaving)
         newcomers = self.start_engines(cluster, len(leaving))
         for call in calls:
