@@ -28,6 +28,7 @@ from ipkernel.controller.service import ControllerService
 from ipkernel.security import ControllerKeys, previous_ports
 from ipkernel.wire.broker import ServerFactory
 from ipkernel.wire.buffers import tune_allocator
+from ipkernel.wire.heap import IdleTrim
 from ipkernel.wire.keepalive import DEFAULT_PEER_TIMEOUT
 from ipkernel.wire.tls import listen_tls, server_context
 
@@ -271,6 +272,8 @@ def makeService(config: usage.Options, reactor: Any = None) -> MultiService:  # 
     controller.task_avatar = task_avatar_factory(controller.tasks)
     controller.setServiceParent(top)
     ControllerListeners(controller, dict(config), reactor).setServiceParent(top)
+    # ... and gives the freed chunk buffers back once no stream is open.
+    IdleTrim(reactor).setServiceParent(top)
     return top
 
 
