@@ -32,6 +32,7 @@ from ipkernel.controller.store_sqlite import SQLiteStore, payload_directory
 from ipkernel.security import ControllerKeys, previous_ports, roles
 from ipkernel.wire.broker import ServerFactory
 from ipkernel.wire.buffers import tune_allocator
+from ipkernel.wire.heap import IdleTrim
 from ipkernel.wire.keepalive import DEFAULT_PEER_TIMEOUT
 from ipkernel.wire.kept import open_kept
 from ipkernel.wire.tls import listen_tls, server_context
@@ -379,6 +380,8 @@ def makeService(config: usage.Options, reactor: Any = None) -> MultiService:  # 
     controller.task_avatar = task_avatar_factory(controller.tasks)
     controller.setServiceParent(top)
     ControllerListeners(controller, dict(config), reactor).setServiceParent(top)
+    # ... and gives the freed chunk buffers back once no stream is open.
+    IdleTrim(reactor).setServiceParent(top)
     return top
 
 
