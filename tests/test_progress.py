@@ -119,6 +119,28 @@ class WaitTests(SynchronousTestCase):
         [bar] = _Bar.made
         self.assertEqual((bar.label, bar.total, bar.n, bar.closed), ("barrier", 3, 3, True))
 
+    def test_many_futures_one_timed_wait_each_time(self):
+        """Waiting for many futures with a bar waits on one at a time (so a redraw does
+        not cost one waiter per future), counts those done in order, out-of-order
+        completions included, and ends at the total."""
+        futures = [concurrent.futures.Future() for _ in range(500)]
+        for future in futures[1:]:
+            future.set_result(None)
+        _set_later(futures[0], 0.3)
+        sizes: list[int] = []
+        wait = concurrent.futures.wait
+
+        def recorded(fs, timeout=None, **kwargs):
+            fs = list(fs)
+            sizes.append(len(fs))
+            return wait(fs, timeout, **kwargs)
+
+        self.patch(concurrent.futures, "wait", recorded)
+        progress.wait_all(futures, "barrier")
+        [bar] = _Bar.made
+        self.assertEqual((bar.total, bar.n, bar.closed), (500, 500, True))
+        self.assertEqual(set(sizes), {1})
+
     def test_failed_wait_is_not_complete(self):
         """A call that fails leaves its bar short of its total."""
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -148,6 +170,7 @@ class _Bridge:
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.cancelled = False
+        self.reactor = _Reactor()
 
     def start(self, fn, *args, **kwargs):
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -157,57 +180,87 @@ class _Bridge:
 
 class TaskCounterTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.groups: list[tuple[list[int], Deferred]] = []
+        self.calls: list[tuple[list[int], Deferred]] = []
+        self.barriers: list[tuple[list[int], Deferred]] = []
+
+    def call(self, group: list[int]) -> Deferred:
+        d: Deferred = Deferred()
+        self.calls.append((group, d))
+        return d
 
     def barrier(self, group: list[int]) -> Deferred:
         d: Deferred = Deferred()
-        self.groups.append((group, d))
+        self.barriers.append((group, d))
         return d
 
-    def test_counts_only_once_shown(self):
-        """The counter asks nothing until its bar shows; then at most COUNT_GROUPS
-        barriers over groups of the ids, each answer adding its group's tasks."""
-        counter = progress.TaskCounter(_Reactor(), self.barrier, list(range(100)))
-        self.assertEqual((counter.done, counter.total, self.groups), (0, 100, []))
+    def test_many_tasks_counted_by_the_wait_itself(self):
+        """A wait over more than SPLIT_ABOVE tasks is asked for in at most COUNT_GROUPS
+        groups of them, in order, from its start; each answer counts its group (and
+        passes through); nothing else is asked, shown bar or not."""
+        taskids = list(range(10_000))
+        counter = progress.TaskCounter(_Reactor())
+        calls = counter.wait(taskids, self.call, self.barrier)
+        self.assertEqual(counter.total, 10_000)
+        self.assertLessEqual(len(self.calls), progress.COUNT_GROUPS)
+        self.assertEqual([i for group, _ in self.calls for i in group], taskids)
         counter.show()
-        self.assertLessEqual(len(self.groups), progress.COUNT_GROUPS)
-        self.assertEqual(sorted(i for group, _ in self.groups for i in group), list(range(100)))
-        group, d = self.groups[0]
-        d.callback(None)
+        self.assertEqual((counter.done, self.barriers), (0, []))
+        group, d = self.calls[0]
+        d.callback("answer")
+        self.assertEqual(self.successResultOf(calls[0]), "answer")
         self.assertEqual(counter.done, len(group))
-        self.groups[1][1].errback(KeyError("gone"))  # a failed group counts nothing
+        self.calls[1][1].errback(KeyError("gone"))  # a failed group counts nothing
+        self.failureResultOf(calls[1], KeyError)
         self.assertEqual(counter.done, len(group))
 
-    def test_ids_known_later(self):
-        """Ids given after the bar shows (a map's watch hook) are counted then."""
-        counter = progress.TaskCounter(_Reactor(), self.barrier)
+    def test_group_size_limit(self):
+        """The groups of a counted wait hold at most ``most`` tasks."""
+        counter = progress.TaskCounter(_Reactor())
+        counter.wait(list(range(3000)), self.call, self.barrier, most=50)
+        self.assertEqual(max(len(group) for group, _ in self.calls), 50)
+        self.assertEqual(sum(len(group) for group, _ in self.calls), 3000)
+
+    def test_few_tasks_counted_only_once_shown(self):
+        """A wait over few tasks is asked for whole; once its bar shows (not before), at
+        most COUNT_GROUPS barriers over groups of its tasks count them."""
+        counter = progress.TaskCounter(_Reactor())
+        counter.wait(list(range(100)), self.call, self.barrier)
+        self.assertEqual([group for group, _ in self.calls], [list(range(100))])
+        self.assertEqual((counter.done, counter.total, self.barriers), (0, 100, []))
         counter.show()
-        self.assertEqual((counter.total, self.groups), (None, []))
-        counter([7, 8, 9])
+        self.assertLessEqual(len(self.barriers), progress.COUNT_GROUPS)
+        self.assertEqual(sorted(i for group, _ in self.barriers for i in group), list(range(100)))
+        group, d = self.barriers[0]
+        d.callback(None)
+        self.assertEqual(counter.done, len(group))
+        self.barriers[1][1].errback(KeyError("gone"))  # a failed group counts nothing
+        self.assertEqual(counter.done, len(group))
+
+    def test_tasks_known_after_the_bar_shows(self):
+        """Tasks a wait learns after its bar shows (a map's chunks) are counted then."""
+        counter = progress.TaskCounter(_Reactor())
+        counter.show()
+        self.assertEqual(counter.total, None)
+        counter.wait([7, 8, 9], self.call, self.barrier)
         self.assertEqual(counter.total, 3)
-        for _, d in self.groups:
+        for _, d in self.barriers:
             d.callback(None)
         self.assertEqual(counter.done, 3)
 
     def test_call_with_progress_counts_the_tasks(self):
-        """A call that lasts gets a bar whose length is learnt from the watch hook and
-        which ends at its total; the call's result is returned."""
+        """A call that lasts gets a bar whose length is learnt from the counter given to
+        it as ``count`` and which ends at its total; the call's result is returned."""
         self.patch(progress, "wanted", lambda show=True: show)
         self.patch(progress, "DELAY", 0.05)
         self.patch(progress, "REFRESH", 0.01)
         _Bar.made = []
         self.patch(progress, "_new_bar", lambda label, total, unit: _Bar(label, total))
 
-        def work(watch=None):
-            watch([1, 2, 3])
+        def work(count=None):
+            count.wait([1, 2, 3], lambda group: succeed(group), lambda group: succeed(None))
             return "done"
 
-        def counter() -> progress.TaskCounter:
-            return progress.TaskCounter(_Reactor(), lambda ids: succeed(None))
-
-        result = progress.call_with_progress(
-            _Bridge(0.2), work, label="map", counter=counter, watch="watch"
-        )
+        result = progress.call_with_progress(_Bridge(0.2), work, label="map", counted=True)
         self.assertEqual(result, "done")
         [bar] = _Bar.made
         self.assertEqual((bar.label, bar.total, bar.n, bar.closed), ("map", 3, 3, True))

@@ -3,8 +3,15 @@
 A wait still going after :data:`DELAY` seconds shows a bar through ``tqdm.auto``: a
 widget in Jupyter, a text bar on a terminal. The bar is started from the waiting
 thread's own timeout, so a wait that ends sooner costs one timed wait on a future and
-nothing else (no thread, no timer, nothing per item). Once shown, the waiting thread
-redraws it every :data:`REFRESH` seconds from counts that the reactor thread keeps.
+nothing else (no thread, no timer). Once shown, the waiting thread redraws it every
+:data:`REFRESH` seconds from a count, never once per result, and nothing waits for it.
+
+The count of a task wait costs the controller no extra work per task
+(:class:`TaskCounter`): a wait over many tasks is itself asked for in at most
+:data:`COUNT_GROUPS` groups, and each answer counts its group; a wait over a few is
+asked for whole, and counted by barriers over its tasks only if its bar shows. The
+count of a wait over futures (:func:`wait_all`) is how many of them, in order, are done:
+the waiting thread waits on one future at a time.
 
 No bar is shown when the call says ``progress=False``, when ``IPKERNEL_PROGRESS`` is
 ``0`` (or ``false``, ``no``, ``off``), when stderr is not a terminal outside a Jupyter
@@ -20,14 +27,18 @@ import importlib.util
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 __all__ = [
+    "COUNT_GROUPS",
     "DELAY",
     "REFRESH",
+    "SPLIT_ABOVE",
     "TaskCounter",
     "call_with_progress",
+    "task_groups",
     "wait_all",
     "wait_for",
     "waiting_call",
@@ -38,8 +49,12 @@ __all__ = [
 DELAY = 1.0
 #: Seconds between redraws of a bar that shows.
 REFRESH = 0.25
-#: Most ``barrier`` calls a bar makes to count its tasks (each counts a group).
+#: Most groups a counted wait over many tasks is asked for in (each answer counts one).
 COUNT_GROUPS = 32
+#: A counted wait over more tasks than this is asked for in groups from its start (a
+#: few dozen more calls); one over fewer is asked for whole, and counted once its bar
+#: shows by barriers over its tasks (which cost the controller per task, so only few).
+SPLIT_ABOVE = 1000
 
 _OFF = frozenset({"0", "false", "no", "off"})
 
@@ -147,79 +162,108 @@ def wait_for(future: concurrent.futures.Future[Any], label: str, show: bool = Tr
 def wait_all(
     futures: Iterable[concurrent.futures.Future[Any]], label: str, show: bool = True
 ) -> None:
-    """Block until every future is done; a bar counting them after :data:`DELAY`
-    seconds if :func:`wanted`."""
-    pending = {f for f in futures if not f.done()}
-    if not pending:
+    """Block until every future is done; a bar after :data:`DELAY` seconds if
+    :func:`wanted`, counting the futures done in their order (the first not done stops
+    the count)."""
+    futures = list(futures)
+    if all(f.done() for f in futures):
         return
     if not wanted(show):
-        concurrent.futures.wait(pending)
+        concurrent.futures.wait(futures)
         return
-    total = len(pending)
+    # Each future is waited on alone, when it is first in line: a redraw costs one
+    # timed wait, whatever their number.
+    done = 0
 
     def finished(timeout: float | None) -> bool:
-        nonlocal pending
-        _, pending = concurrent.futures.wait(pending, timeout)
-        return not pending
+        nonlocal done
+        end = None if timeout is None else time.monotonic() + timeout
+        while done < len(futures):
+            if futures[done].done():
+                done += 1
+                continue
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            concurrent.futures.wait(futures[done : done + 1], left)
+        return True
 
-    _show_while(finished, lambda: (total - len(pending), total), label, "call")
+    _show_while(finished, lambda: (done, len(futures)), label, "call")
+
+
+def _groups(taskids: list[int], size: int) -> list[list[int]]:
+    return [taskids[i : i + size] for i in range(0, len(taskids), size)]
+
+
+def task_groups(taskids: list[int], most: int | None = None) -> list[list[int]]:
+    """The groups of ``taskids`` in which a wait asks for them when nothing counts them:
+    one, or groups of at most ``most``."""
+    if most is None or len(taskids) <= most:
+        return [taskids]
+    return _groups(taskids, most)
 
 
 class TaskCounter:
-    """How many of a wait's tasks have finished, learnt only once its bar shows.
+    """How many of a wait's tasks have finished: :attr:`done` of :attr:`total`.
 
-    When the bar shows (:meth:`show`, any thread), the reactor thread asks the
-    controller for at most :data:`COUNT_GROUPS` barriers over groups of the task ids;
-    each answer adds its group to :attr:`done`. The ids are given at once, or later by
-    calling the counter with them from the reactor thread (the ``watch`` hook of a
-    ``map`` that makes its tasks while it runs).
+    The reactor thread keeps the count; the waiting thread reads it to draw the bar.
+    The wait itself is asked for through :meth:`wait`, which chooses its groups so that
+    counting costs the controller nothing per task.
     """
 
-    def __init__(
-        self,
-        reactor: Any,
-        barrier: Callable[[list[int]], Any],
-        taskids: Sequence[int] | None = None,
-    ) -> None:
+    def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
-        self._barrier = barrier
-        self._taskids: list[int] | None = None
         self._shown = False
+        self._on_show: Callable[[], None] | None = None
         self.done = 0
         self.total: int | None = None
-        if taskids is not None:
-            self._set_ids(taskids)
 
-    def _set_ids(self, taskids: Sequence[int]) -> None:
-        self._taskids = list(taskids)
-        self.total = len(self._taskids)
+    def wait(
+        self,
+        taskids: list[int],
+        call: Callable[[list[int]], Any],
+        barrier: Callable[[list[int]], Any],
+        most: int | None = None,
+    ) -> list[Any]:
+        """Start the wait for ``taskids`` (reactor thread): ``call(group)`` for each of
+        its groups, of at most ``most`` tasks; returns their Deferreds, in order.
 
-    def __call__(self, taskids: Sequence[int]) -> None:
-        """The tasks waited for (reactor thread)."""
-        self._set_ids(taskids)
-        if self._shown:
-            self._count()
+        Over more than :data:`SPLIT_ABOVE` tasks the groups are :data:`COUNT_GROUPS` at
+        most, and each answer counts its group. Fewer tasks are asked for whole, and if
+        the bar shows, ``barrier(group)`` over groups of them counts them.
+        """
+        self.total = len(taskids)
+        if len(taskids) > SPLIT_ABOVE:
+            size = math.ceil(len(taskids) / COUNT_GROUPS)
+            groups = _groups(taskids, min(size, most or size))
+            return [call(group).addCallback(self._finished, len(group)) for group in groups]
+        self._when_shown(lambda: self._count(taskids, barrier))
+        return [call(group) for group in task_groups(taskids, most)]
 
     def show(self) -> None:
-        """The bar shows: start counting (any thread)."""
+        """The bar shows (any thread)."""
         self._reactor.callFromThread(self._start)
 
     def _start(self) -> None:
         self._shown = True
-        if self._taskids is not None:
-            self._count()
+        if self._on_show is not None:
+            self._on_show()
 
-    def _count(self) -> None:
-        taskids = self._taskids or []
-        size = max(1, math.ceil(len(taskids) / COUNT_GROUPS))
-        for start in range(0, len(taskids), size):
-            group = taskids[start : start + size]
-            d = self._barrier(group)
-            d.addCallback(self._add, len(group))
+    def _when_shown(self, start: Callable[[], None]) -> None:
+        if self._shown:
+            start()
+        else:
+            self._on_show = start
+
+    def _count(self, taskids: list[int], barrier: Callable[[list[int]], Any]) -> None:
+        for group in _groups(taskids, math.ceil(len(taskids) / COUNT_GROUPS) or 1):
+            d = barrier(group)
+            d.addCallback(self._finished, len(group))
             d.addErrback(lambda _: None)  # the wait itself reports what went wrong
 
-    def _add(self, _: object, count: int) -> None:
+    def _finished(self, result: Any, count: int) -> Any:
         self.done += count
+        return result
 
 
 def call_with_progress(
@@ -230,24 +274,21 @@ def call_with_progress(
     *,
     label: str,
     show: bool = True,
-    counter: Callable[[], TaskCounter] | None = None,
-    watch: str | None = None,
+    counted: bool = False,
 ) -> Any:
     """``bridge.call(fn, *args, **kwargs)``, with a bar if it lasts and :func:`wanted`.
 
-    :param counter: makes a :class:`TaskCounter` for the bar (only if one may show);
-        without it the bar counts the one call.
-    :param watch: the keyword under which ``fn`` takes that counter, to tell it the
-        task ids once it knows them.
+    :param counted: ``fn`` takes a :class:`TaskCounter` as ``count=`` (only if a bar
+        may show), and the bar counts its tasks; otherwise the bar counts the one call.
     :raises: what ``fn`` fails with, as ``bridge.call`` raises it; ``KeyboardInterrupt``
         cancels the call, as in ``bridge.call``.
     """
     kwargs = dict(kwargs or {})
     if not wanted(show):
         return bridge.call(fn, *args, **kwargs)
-    tasks = counter() if counter is not None else None
-    if tasks is not None and watch is not None:
-        kwargs[watch] = tasks
+    tasks = TaskCounter(bridge.reactor) if counted else None
+    if tasks is not None:
+        kwargs["count"] = tasks
     future, cancel = bridge.start(fn, *args, **kwargs)
 
     def counts() -> tuple[int, int | None]:

@@ -41,6 +41,7 @@ from twisted.spread import pb
 
 from ipkernel.client.connection import ControllerConnection
 from ipkernel.client.partition import split
+from ipkernel.client.progress import TaskCounter, task_groups
 from ipkernel.client.task_batches import TaskBatches
 from ipkernel.client.task_ids import IdPool, as_ranges, id_list, one_id
 from ipkernel.client.task_map import chunk_count, join_map, map_chunk
@@ -237,31 +238,50 @@ class AsyncTaskClient(ControllerConnection):
             lambda records: None if records[0] is None else TaskResult.from_wire(records[0])
         )
 
-    def get_task_results(self, taskids: Sequence[int], block: bool = False) -> Deferred:
-        """Like :meth:`get_task_result` for several ids, in few round trips: a list."""
+    def get_task_results(
+        self, taskids: Sequence[int], block: bool = False, count: TaskCounter | None = None
+    ) -> Deferred:
+        """Like :meth:`get_task_result` for several ids, in few round trips: a list.
+
+        A blocking wait keeps ``count`` (if given) of the tasks finished, for a progress
+        bar (:mod:`ipkernel.client.progress`).
+        """
         taskids = id_list(taskids)
-        # Groups small enough that one answer stays well under the broker's size limit.
         options = self._payloads.fetch_options()
-        step = RESULTS_PER_CALL
-        groups = [taskids[i : i + step] for i in range(0, len(taskids), step)]
-        calls = [
-            self._call("get_task_results", group, bool(block), options, about=group).addCallback(
-                self._payloads.results
-            )
-            for group in groups
-        ]
-        d = gatherResults(calls, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, FirstError) else f)
-        return d.addCallback(
+
+        def fetch(group: list[int]) -> Deferred:
+            d = self._call("get_task_results", group, bool(block), options, about=group)
+            return d.addCallback(self._payloads.results)
+
+        # Groups small enough that one answer stays well under the broker's size limit.
+        calls = self._waits(taskids, fetch, count if block else None, RESULTS_PER_CALL)
+        return _gather(calls).addCallback(
             lambda answers: [
                 None if r is None else TaskResult.from_wire(r) for rs in answers for r in rs
             ]
         )
 
-    def barrier(self, taskids: int | Sequence[int]) -> Deferred:
-        """Fires with ``None`` once every task named is finished (failed ones included)."""
+    def barrier(self, taskids: int | Sequence[int], count: TaskCounter | None = None) -> Deferred:
+        """Fires with ``None`` once every task named is finished (failed ones included);
+        keeps ``count`` (if given) of the tasks finished, for a progress bar."""
         taskids = id_list(taskids)
+        return _gather(self._waits(taskids, self._barrier, count)).addCallback(lambda _: None)
+
+    def _barrier(self, taskids: list[int]) -> Deferred:
         return self._call("barrier", taskids, about=taskids)
+
+    def _waits(
+        self,
+        taskids: list[int],
+        call: Callable[[list[int]], Deferred],
+        count: TaskCounter | None,
+        most: int | None = None,
+    ) -> list[Deferred]:
+        """``call(group)`` for groups of at most ``most`` of ``taskids``, counted by
+        ``count`` if given (which then chooses the groups)."""
+        if count is None:
+            return [call(group) for group in task_groups(taskids, most)]
+        return count.wait(taskids, call, self._barrier, most)
 
     def abort(self, taskid: int) -> Deferred:
         """Cancel a queued or running task; it finishes failed with ``TaskAborted``.
@@ -292,7 +312,7 @@ class AsyncTaskClient(ControllerConnection):
         seq: Iterable[Any],
         chunksize: int | None = None,
         retries: int = 1,
-        watch: Callable[[list[int]], None] | None = None,
+        count: TaskCounter | None = None,
     ):
         """``[func(x) for x in seq]``, load balanced: one task per chunk of ``seq``.
 
@@ -300,8 +320,8 @@ class AsyncTaskClient(ControllerConnection):
         gives each engine about :data:`~ipkernel.client.task_map.CHUNKS_PER_ENGINE`
         chunks. ``retries`` is each chunk's (an exception in ``func`` is not retried: it
         is that item's failure). With no engine registered the chunks wait for one, as
-        every task does: this never fails with ``NoEnginesRegistered``. ``watch``, if
-        given, is called with the chunks' task ids once they are sent.
+        every task does: this never fails with ``NoEnginesRegistered``. ``count``, if
+        given, is kept of the chunks finished, for a progress bar.
 
         Fails with :class:`~ipkernel.errors.CompositeError` if any item failed: one
         ``(item index, 'map', exception)`` entry per failed item in ``elist``, and
@@ -325,10 +345,8 @@ class AsyncTaskClient(ControllerConnection):
             taskid = yield self.next_id()
             self.send(taskid, task_to_wire(MapTask(map_chunk, (func, part), retries=retries)))
             taskids.append(taskid)
-        if watch is not None:
-            watch(taskids)
         try:
-            results = yield self.get_task_results(taskids, block=True)
+            results = yield self.get_task_results(taskids, block=True, count=count)
         except CancelledError:
             for taskid in taskids:
                 self._call("abort", taskid).addErrback(lambda f: None)
@@ -342,3 +360,9 @@ class AsyncTaskClient(ControllerConnection):
     def _saw_engines(self, count: int) -> int:
         self.last_engine_count = count
         return count
+
+
+def _gather(calls: list[Deferred]) -> Deferred:
+    """Fires with the answers of ``calls`` in order, or fails with the first failure."""
+    d = gatherResults(calls, consumeErrors=True)
+    return d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, FirstError) else f)

@@ -30,11 +30,10 @@ from ipkernel.client.connection import describe
 from ipkernel.client.executors import TaskExecutor
 from ipkernel.client.key_files import find_key_file
 from ipkernel.client.mapper import parallel_decorator
-from ipkernel.client.progress import TaskCounter, call_with_progress
+from ipkernel.client.progress import call_with_progress
 from ipkernel.client.results import PendingResult
 from ipkernel.client.task_async import AsyncTaskClient
 from ipkernel.client.task_batches import carries_payloads
-from ipkernel.client.task_ids import id_list
 from ipkernel.client.task_types import BaseTask, TaskResult, task_to_wire
 
 __all__ = ["AT_EXIT_TIMEOUT", "TaskClient", "TaskMapper"]
@@ -135,8 +134,7 @@ class TaskClient:
                 (func, seq, chunksize, retries),
                 label="map",
                 show=progress,
-                counter=self._task_counter,
-                watch="watch",
+                counted=True,
             )
         return self._pending_call(self._async.map, func, seq, chunksize, retries)
 
@@ -165,7 +163,7 @@ class TaskClient:
             (taskids, block),
             label="get_task_results",
             show=progress and block,
-            counter=lambda: self._task_counter(taskids),
+            counted=True,
         )
 
     def barrier(self, taskids: int | Sequence[int], progress: bool = True) -> None:
@@ -177,12 +175,8 @@ class TaskClient:
             (taskids,),
             label="barrier",
             show=progress,
-            counter=lambda: self._task_counter(taskids),
+            counted=True,
         )
-
-    def _task_counter(self, taskids: int | Sequence[int] | None = None) -> TaskCounter:
-        ids = None if taskids is None else id_list(taskids)
-        return TaskCounter(self._bridge.reactor, self._async.barrier, ids)
 
     def result(self, taskid: int) -> PendingResult:
         """A :class:`~ipkernel.client.results.PendingResult` of the task's
