@@ -4,17 +4,18 @@ The synchronous clients are thin: their methods forward to the asynchronous clie
 through :func:`forward`, the one forwarding mechanism (the few they write themselves,
 such as ``TaskClient.run``, call the asynchronous client's public methods through
 :class:`ReactorBridge`, or directly where those are safe from any thread). A blocking
-call starts its work in the reactor thread and waits for the answer; Ctrl-C while it
+call starts its work as reactor code and waits for the answer; Ctrl-C while it
 waits raises ``KeyboardInterrupt`` at once, cancels the call's Deferred (its late answer
 is dropped) and leaves the client usable. A non-blocking call returns a
 :class:`~ipkernel.client.results.PendingResult` over a ``concurrent.futures.Future``. The
 forwarders of waits that may last take ``progress=`` and show a bar when they do
 (:mod:`ipkernel.client.progress`, through :meth:`ReactorBridge.start`).
 
-A blocking call costs two thread switches whatever is done: the reactor thread is woken
-to start it, the caller is woken by its answer. The hand-over is one lock (a
-:class:`_Waiter`) that the caller waits on and the reactor thread releases, rather than
-``blockingCallFromThread``'s queue, which builds three condition variables per call.
+The reactor thread runs under a :class:`~ipkernel.wire.handoff.ReactorHandoff`: a
+blocking call starts in the caller's own thread when the reactor is waiting for events
+(no thread switch to start it), and its answer is handed back through one lock (a
+:class:`_Waiter`) released when the reactor thread is about to wait again, so the
+caller wakes to a free interpreter lock.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from twisted.python.failure import Failure
 from ipkernel.client.progress import waiting_call
 from ipkernel.client.results import PendingResult
 from ipkernel.errors import ClientUnusable
+from ipkernel.wire.handoff import ReactorHandoff
 
 _lock = threading.Lock()
 _bridge: ReactorBridge | None = None
@@ -46,9 +48,9 @@ class ReactorBridge:
 
         self.reactor = reactor
         self._pid = os.getpid()
+        self.handoff = ReactorHandoff(reactor)
         self.thread = threading.Thread(
-            target=reactor.run,
-            kwargs={"installSignalHandlers": False},
+            target=self.handoff.run,
             name="ipkernel-reactor",
             daemon=True,
         )
@@ -74,8 +76,8 @@ class ReactorBridge:
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` in the reactor thread and wait for its (Deferred) result."""
         self.check_usable()
-        waiter = _Waiter()
-        self.reactor.callFromThread(waiter.start, fn, args, kwargs)
+        waiter = _Waiter(self.handoff)
+        self.handoff.call_from_thread(waiter.start, fn, args, kwargs)
         try:
             result = waiter.wait()
         except KeyboardInterrupt:
@@ -127,18 +129,19 @@ class ReactorBridge:
 
 
 class _Waiter:
-    """One blocking call: started in the reactor thread, waited for by the caller."""
+    """One blocking call: started as reactor code, waited for by the caller."""
 
-    __slots__ = ("_deferred", "_lock", "_result")
+    __slots__ = ("_deferred", "_handoff", "_lock", "_result")
 
-    def __init__(self) -> None:
+    def __init__(self, handoff: Any) -> None:
+        self._handoff = handoff
         self._lock = _thread.allocate_lock()
         self._lock.acquire()
         self._result: Any = None
         self._deferred: Deferred | None = None
 
     def start(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-        """Call ``fn`` (in the reactor thread); its result, or its Deferred's, is the answer."""
+        """Call ``fn`` (reactor code); its result, or its Deferred's, is the answer."""
         try:
             result = fn(*args, **kwargs)
         except BaseException:
@@ -152,7 +155,7 @@ class _Waiter:
 
     def _done(self, result: Any) -> None:
         self._result = result
-        self._lock.release()
+        self._handoff.before_block(self._lock.release)
 
     def wait(self) -> Any:
         """The answer (a value or a Failure), once there; Ctrl-C interrupts the wait."""
@@ -160,7 +163,7 @@ class _Waiter:
         return self._result
 
     def cancel(self) -> None:
-        """Cancel the call's Deferred (in the reactor thread): its late answer is dropped."""
+        """Cancel the call's Deferred (reactor code): its late answer is dropped."""
         if self._deferred is not None:
             self._deferred.cancel()
 
