@@ -29,9 +29,9 @@ at once, as before.
 
 from __future__ import annotations
 
+import _signal
 import _thread
 import collections
-import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -168,9 +168,9 @@ class _HeldSigint:
         self.frames.append(frame)
 
     def restore(self) -> None:
-        signal.signal(signal.SIGINT, self.handler)
+        _signal.signal(_signal.SIGINT, self.handler)
         if self.frames:
-            self.handler(signal.SIGINT, self.frames[0])
+            self.handler(_signal.SIGINT, self.frames[0])
 
 
 def _hold_sigint() -> _HeldSigint | None:
@@ -178,9 +178,11 @@ def _hold_sigint() -> _HeldSigint | None:
     :meth:`ReactorHandoff.call_from_thread`); None elsewhere, or with no such handler."""
     if threading.current_thread() is not _MAIN:
         return None
-    handler = signal.getsignal(signal.SIGINT)
+    # _signal, not signal: the latter's wrappers turn each handler into an enum member
+    # through a lookup that fails, about 30 us a call where this takes 2.
+    handler = _signal.getsignal(_signal.SIGINT)
     if not callable(handler):
         return None
     held = _HeldSigint(handler)
-    signal.signal(signal.SIGINT, held.record)
+    _signal.signal(_signal.SIGINT, held.record)
     return held
