@@ -221,6 +221,28 @@ class FailureTests(InterpreterTestCase):
         self.assertIn("<engine 3, In [1]>", exc.remote_traceback)
         self.assertIn("raise KeyError('missing')", exc.remote_traceback)
 
+    def test_cell_run_again_names_its_own_run(self) -> None:
+        """The same cell run twice (compiled once) names each run in its traceback, in
+        the functions it defines (nested ones too) and in linecache."""
+        cell = "def g():\n    def h():\n        raise KeyError('x')\n    h()\ng()"
+        first = raised(KeyError, self.interp.execute, cell)
+        second = raised(KeyError, self.interp.execute, cell)
+        self.assertIn("<engine 3, In [1]>", first.remote_traceback)
+        self.assertIn("<engine 3, In [2]>", second.remote_traceback)
+        self.assertNotIn("In [1]", second.remote_traceback)
+        self.assertIn("raise KeyError('x')", second.remote_traceback)
+        g = self.interp.namespace["g"]
+        self.assertEqual(g.__code__.co_filename, "<engine 3, In [2]>")
+        inner = [c for c in g.__code__.co_consts if isinstance(c, types.CodeType)]
+        self.assertEqual([c.co_filename for c in inner], ["<engine 3, In [2]>"])
+        self.assertIn("<engine 3, In [2]>", linecache.cache)
+
+    def test_syntax_error_every_time(self) -> None:
+        """A cell that does not compile fails each time it is sent, naming that run."""
+        for number in (1, 2):
+            exc = raised(SyntaxError, self.interp.execute, "b = = 2")
+            self.assertIn(f"<engine 3, In [{number}]>", exc.remote_traceback)
+
     def test_syntax_error_text(self) -> None:
         """A SyntaxError's text names the cell and the line, with no engine frames."""
         exc = raised(SyntaxError, self.interp.execute, "a = 1\nb = = 2")

@@ -31,6 +31,7 @@ from ipkernel.interfaces.engine import IEngine
 from ipkernel.wire import kept
 from ipkernel.wire.errors import WireError
 from ipkernel.wire.keepalive import PeerSilent
+from ipkernel.wire.packed_calls import call_remote
 from ipkernel.wire.shared import SharedPayload
 
 _STATUSES = frozenset({"ok", "raised", "error", "tasks"})
@@ -67,9 +68,9 @@ class RemoteEngine:
             return succeed(error_outcome("EngineError", f"engine {self.id} is gone"))
         try:
             if options is None:
-                d = self._ref.callRemote("call", command, args)
+                d = call_remote(self._ref, "call", command, args)
             else:
-                d = self._ref.callRemote("call", command, args, options)
+                d = call_remote(self._ref, "call", command, args, options)
         except pb.DeadReferenceError:
             # The connection is lost, and the registry will hear of it next.
             return succeed(self._failed(Failure(), command))

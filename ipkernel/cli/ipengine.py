@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     mpi = mpi_module()
     rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else None
     properties.update(options["property"])
-    executor = MainThreadExecutor(reactor)
+    from ipkernel.wire.handoff import ReactorHandoff
+
+    handoff = ReactorHandoff(reactor)
+    executor = MainThreadExecutor(reactor, handoff)
     interpreter = Interpreter(engine_id=rank or 0, mpi=mpi, properties=properties)
 
     def leave(why: str) -> None:
@@ -181,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             options["lifeline-fd"],
             lambda: leave("the process that started this engine has ended"),
         )
-    thread = threading.Thread(
-        target=reactor.run, kwargs={"installSignalHandlers": False}, name="reactor", daemon=True
-    )
+    thread = threading.Thread(target=handoff.run, name="reactor", daemon=True)
     thread.start()
     try:
         executor.run()

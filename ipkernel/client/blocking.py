@@ -4,16 +4,23 @@ The synchronous clients are thin: their methods forward to the asynchronous clie
 through :func:`forward`, the one forwarding mechanism (the few they write themselves,
 such as ``TaskClient.run``, call the asynchronous client's public methods through
 :class:`ReactorBridge`, or directly where those are safe from any thread). A blocking
-call goes through ``twisted.internet.threads.blockingCallFromThread``; Ctrl-C while it
+call starts its work as reactor code and waits for the answer; Ctrl-C while it
 waits raises ``KeyboardInterrupt`` at once, cancels the call's Deferred (its late answer
 is dropped) and leaves the client usable. A non-blocking call returns a
 :class:`~ipkernel.client.results.PendingResult` over a ``concurrent.futures.Future``. The
 forwarders of waits that may last take ``progress=`` and show a bar when they do
 (:mod:`ipkernel.client.progress`, through :meth:`ReactorBridge.start`).
+
+The reactor thread runs under a :class:`~ipkernel.wire.handoff.ReactorHandoff`: a
+blocking call starts in the caller's own thread when the reactor is waiting for events
+(no thread switch to start it), and its answer is handed back through one lock (a
+:class:`_Waiter`) released when the reactor thread is about to wait again, so the
+caller wakes to a free interpreter lock.
 """
 
 from __future__ import annotations
 
+import _thread
 import concurrent.futures
 import functools
 import os
@@ -21,12 +28,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import threads
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
 
 from ipkernel.client.progress import waiting_call
 from ipkernel.client.results import PendingResult
 from ipkernel.errors import ClientUnusable
+from ipkernel.wire.handoff import ReactorHandoff
 
 _lock = threading.Lock()
 _bridge: ReactorBridge | None = None
@@ -40,9 +48,9 @@ class ReactorBridge:
 
         self.reactor = reactor
         self._pid = os.getpid()
+        self.handoff = ReactorHandoff(reactor)
         self.thread = threading.Thread(
-            target=reactor.run,
-            kwargs={"installSignalHandlers": False},
+            target=self.handoff.run,
             name="ipkernel-reactor",
             daemon=True,
         )
@@ -68,23 +76,21 @@ class ReactorBridge:
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` in the reactor thread and wait for its (Deferred) result."""
         self.check_usable()
-        started: list[Deferred] = []
-
-        def start() -> Deferred:
-            d = maybeDeferred(fn, *args, **kwargs)
-            started.append(d)
-            return d
-
+        waiter = _Waiter(self.handoff)
+        self.handoff.call_from_thread(waiter.start, fn, args, kwargs)
         try:
-            return threads.blockingCallFromThread(self.reactor, start)
+            result = waiter.wait()
         except KeyboardInterrupt:
-            if started:
-                self.reactor.callFromThread(started[0].cancel)
+            self.reactor.callFromThread(waiter.cancel)
             raise
-        except Exception as exc:
-            # The frames of the reactor thread and Twisted's plumbing say nothing about
-            # the user's error; the traceback starts at the user's call instead.
-            raise exc.with_traceback(None) from exc.__cause__
+        if isinstance(result, Failure):
+            exc = result.value
+            if isinstance(exc, Exception):
+                # The frames of the reactor thread and Twisted's plumbing say nothing about
+                # the user's error; the traceback starts at the user's call instead.
+                raise exc.with_traceback(None) from exc.__cause__
+            result.raiseException()
+        return result
 
     def submit(
         self, fn: Callable[..., Any], *args: Any, **kwargs: Any
@@ -120,6 +126,46 @@ class ReactorBridge:
 
         self.reactor.callFromThread(begin)
         return future, cancel
+
+
+class _Waiter:
+    """One blocking call: started as reactor code, waited for by the caller."""
+
+    __slots__ = ("_deferred", "_handoff", "_lock", "_result")
+
+    def __init__(self, handoff: Any) -> None:
+        self._handoff = handoff
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+        self._result: Any = None
+        self._deferred: Deferred | None = None
+
+    def start(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        """Call ``fn`` (reactor code); its result, or its Deferred's, is the answer."""
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            self._done(Failure())
+            return
+        if isinstance(result, Deferred):
+            self._deferred = result
+            result.addBoth(self._done)
+        else:
+            self._done(result)
+
+    def _done(self, result: Any) -> None:
+        self._result = result
+        self._handoff.before_block(self._lock.release)
+
+    def wait(self) -> Any:
+        """The answer (a value or a Failure), once there; Ctrl-C interrupts the wait."""
+        self._lock.acquire()
+        return self._result
+
+    def cancel(self) -> None:
+        """Cancel the call's Deferred (reactor code): its late answer is dropped."""
+        if self._deferred is not None:
+            self._deferred.cancel()
 
 
 def get_bridge() -> ReactorBridge:

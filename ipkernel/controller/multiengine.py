@@ -105,6 +105,10 @@ class MultiEngine:
                     calls.append(engine.call(command, args_for(n)))
                 else:
                     calls.append(engine.call(command, args_for(n), options))
+        if len(calls) == 1:
+            # One target (the common case): no DeferredList to gather one outcome.
+            engine_id = ids[0]
+            return calls[0].addCallback(lambda outcome: [(engine_id, outcome)])
         if not calls:
             return succeed([])
         d = gatherResults(calls)

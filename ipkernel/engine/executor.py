@@ -1,7 +1,11 @@
 """MainThreadExecutor: run the engine's queued commands in the process's main thread.
 
 The reactor runs in a second thread and keeps answering the controller (properties,
-interrupt, kill) while user code runs here. User code in the main thread gets what it
+interrupt, kill) while user code runs here. With a *handoff* (see
+:class:`ipkernel.wire.handoff.ReactorHandoff`, given by the engine's composition root) a
+job reaches this thread when the reactor thread goes back to waiting for events, and its
+answer is sent from this thread while the reactor waits, so that neither hand-over
+costs a thread switch on the way. User code in the main thread gets what it
 would get in a plain interpreter: signals, ``KeyboardInterrupt``, libraries that must be
 called from the main thread.
 """
@@ -13,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -21,11 +25,30 @@ from twisted.python.failure import Failure
 _STOP = object()
 
 
-class MainThreadExecutor:
-    """Jobs go in from the reactor thread; :meth:`run` executes them in the main thread."""
+class Handoff(Protocol):
+    """Hand-overs between the reactor thread and this one (``ReactorHandoff``)."""
 
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
+    def call_from_thread(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` as reactor code, from another thread."""
+
+    def before_block(self, hand_over: Callable[[], Any]) -> None:
+        """Run ``hand_over()`` when the reactor thread next waits for events."""
+
+
+class MainThreadExecutor:
+    """Jobs go in from the reactor thread; :meth:`run` executes them in the main thread.
+
+    ``reactor`` gives ``callFromThread``; ``handoff``, when given, replaces it (see the
+    module docstring).
+    """
+
+    def __init__(self, reactor: Any, handoff: Handoff | None = None) -> None:
+        self._call_from_thread: Callable[..., None] = (
+            reactor.callFromThread if handoff is None else handoff.call_from_thread
+        )
+        self._before_block: Callable[[Callable[[], Any]], None] = (
+            _at_once if handoff is None else handoff.before_block
+        )
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         # The number of the job running (None when idle); the job that the SIGINT sent by
         # interrupt() is for (one signal in flight at a time: a signal that arrives after
@@ -42,7 +65,7 @@ class MainThreadExecutor:
     def __call__(self, fn: Callable, *args: Any) -> Deferred:
         """Queue ``fn(*args)``; the Deferred fires (in the reactor thread) with its result."""
         d: Deferred = Deferred()
-        self._jobs.put((fn, args, d))
+        self._before_block(lambda: self._jobs.put((fn, args, d)))
         return d
 
     @property
@@ -73,9 +96,9 @@ class MainThreadExecutor:
                 except BaseException:
                     result = Failure()
                 if isinstance(result, Failure):
-                    self._reactor.callFromThread(d.errback, result)
+                    self._call_from_thread(d.errback, result)
                 else:
-                    self._reactor.callFromThread(d.callback, result)
+                    self._call_from_thread(d.callback, result)
                 if signalled:
                     self._settle()
         finally:
@@ -122,6 +145,10 @@ class MainThreadExecutor:
             raise KeyboardInterrupt
         # Ctrl-C on an idle engine run from a terminal: stop it.
         self.stop()
+
+
+def _at_once(hand_over: Callable[[], Any]) -> None:
+    hand_over()
 
 
 _RUN_CODE = MainThreadExecutor.run.__code__

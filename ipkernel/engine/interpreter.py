@@ -63,6 +63,48 @@ def _compile(code: str, filename: str) -> list[_Block]:
     return blocks
 
 
+class _CompiledCells:
+    """Cells compiled before, by source: a cell run again (a loop sending the same
+    code) skips the parse and compile that are most of a small cell's time.
+
+    The blocks are kept as compiled under their first file name and renamed for each
+    run (``code.replace``, into nested code objects too), so tracebacks and ``linecache``
+    name each run's own ``In [n]``. Only cells that compiled are kept; at most
+    :attr:`SIZE` of them, the oldest dropped first.
+    """
+
+    SIZE = 256
+    #: Longer cells are compiled every time: they are rarely sent twice.
+    MAX_SOURCE = 4096
+
+    def __init__(self) -> None:
+        self._cells: dict[str, tuple[str, list[_Block]]] = {}
+
+    def blocks(self, code: str, filename: str) -> list[_Block]:
+        """The cell's blocks under ``filename``; raises what compiling raises."""
+        kept = self._cells.get(code)
+        if kept is None:
+            blocks = _compile(code, filename)
+            if len(code) <= self.MAX_SOURCE:
+                if len(self._cells) >= self.SIZE:
+                    del self._cells[next(iter(self._cells))]
+                self._cells[code] = (filename, blocks)
+            return blocks
+        first, blocks = kept
+        return [(_renamed(block, first, filename), echo) for block, echo in blocks]
+
+
+def _renamed(code: types.CodeType, old: str, new: str) -> types.CodeType:
+    """``code`` and the code objects inside it, with file name ``old`` now ``new``."""
+    consts = code.co_consts
+    if any(isinstance(c, types.CodeType) for c in consts):
+        consts = tuple(
+            _renamed(c, old, new) if isinstance(c, types.CodeType) and c.co_filename == old else c
+            for c in consts
+        )
+    return code.replace(co_filename=new, co_consts=consts)
+
+
 def _user_traceback(exc: BaseException) -> str:
     """The traceback text of ``exc`` without this module's frames (they mean nothing to
     the user, whose code shows as ``<engine N, In [n]>``)."""
@@ -107,6 +149,7 @@ class Interpreter:
         self.namespace: dict[str, Any] = self.module.__dict__
         self._seed()
         self._number = 0
+        self._compiled = _CompiledCells()
         self._results: dict[int, dict[str, Any]] = {}
         self._filenames: dict[int, str] = {}  # execution number -> its linecache name
 
@@ -181,7 +224,7 @@ class Interpreter:
         }
         self._store(number, result, filename)
         try:
-            blocks = _compile(code, filename)
+            blocks = self._compiled.blocks(code, filename)
         except BaseException as exc:
             # No frame of the user's is involved: only the error lines are useful.
             self._fail(result, exc, "".join(traceback.format_exception_only(type(exc), exc)))

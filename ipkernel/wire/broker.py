@@ -16,6 +16,10 @@ Streams
     side (clients and engines) receives them. A large chunk's data is decrypted straight
     into the place its stream names for it.
 
+Packed calls
+    Calls whose arguments and answers are plain values travel packed into one string
+    (:mod:`ipkernel.wire.packed_calls`), after login.
+
 Refused calls
     A call whose message cannot be encoded raises
     :class:`~twisted.spread.banana.BananaError` from ``callRemote``, as stock does, and
@@ -37,6 +41,7 @@ from ipkernel.wire.codec import (
     BananaCodec,
     prefix,
 )
+from ipkernel.wire.packed_calls import PackedCalls
 from ipkernel.wire.stream_table import StreamTable
 
 __all__ = ["Broker", "ClientFactory", "ServerFactory"]
@@ -45,7 +50,7 @@ __all__ = ["Broker", "ClientFactory", "ServerFactory"]
 _DIRECT_MIN = 32 * 1024
 
 
-class Broker(BananaCodec, pb.Broker):
+class Broker(BananaCodec, PackedCalls, pb.Broker):
     """A PB broker with a linear-time decoder, per-connection limits and streams.
 
     Drop-in for :class:`twisted.spread.pb.Broker` (same constructor, same wire format);
@@ -170,7 +175,7 @@ class Broker(BananaCodec, pb.Broker):
             super().sendCall(*exp)
         except BananaError as exc:
             self.streams.message_failed(f"the message naming the stream was refused: {exc}")
-            if len(exp) > 1 and exp[0] in (b"message", b"cachemessage"):
+            if len(exp) > 1 and exp[0] in (b"message", b"cachemessage", b"ipk_call"):
                 if self.waitingForAnswers:
                     self.waitingForAnswers.pop(exp[1], None)
             raise

@@ -266,18 +266,27 @@ class BananaCodec(banana.Banana):
         end = len(data)
         list_stack = self.listStack
         while pos < end:
-            prefix_limit = self.prefixLimit
-            match = _TYPE_BYTE.search(data, pos, min(end, pos + prefix_limit + 1))
-            if match is None:
-                if end - pos > prefix_limit:
-                    self._refuse(f"more than {prefix_limit} bytes of prefix")
-                else:
-                    self._head = data[pos:]
-                return
-            type_at = match.start()
-            num = _prefix_value(data, pos, type_at)
+            # Most items have a prefix of no digit or one (a value under 128): read those
+            # directly; the type byte is the first byte with the high bit set.
+            first = data[pos]
+            if first >= 0x80:
+                type_at, num = pos, 0
+            elif pos + 1 < end and data[pos + 1] >= 0x80:
+                type_at, num = pos + 1, first
+            else:
+                prefix_limit = self.prefixLimit
+                match = _TYPE_BYTE.search(data, pos, min(end, pos + prefix_limit + 1))
+                if match is None:
+                    if end - pos > prefix_limit:
+                        self._refuse(f"more than {prefix_limit} bytes of prefix")
+                    else:
+                        self._head = data[pos:]
+                    return
+                type_at = match.start()
+                num = _prefix_value(data, pos, type_at)
             type_byte = data[type_at]
             body = type_at + 1
+            cost = PENDING_ITEM_COST
             if type_byte == _STRING:
                 if num > self.sizeLimit:
                     self._refuse(f"string of {num} bytes, limit {self.sizeLimit}")
@@ -296,6 +305,7 @@ class BananaCodec(banana.Banana):
                     return
                 pos = body + num
                 item: object = data[body:pos]
+                cost = 0  # counted above, before the bytes were known to be here
             elif type_byte == _LIST:
                 if num > self.sizeLimit:
                     self._refuse(f"list of {num} items, limit {self.sizeLimit}")
@@ -304,34 +314,47 @@ class BananaCodec(banana.Banana):
                     return
                 pos = body
                 list_stack.append((num, []))
-                self._close_lists()  # an empty list is complete at once
+                if not num:
+                    self._close_lists()  # an empty list is complete at once
                 continue
+            elif type_byte == _INT or type_byte == _LONGINT:
+                item = num
+                pos = body
+            elif type_byte == _VOCAB:
+                # The sender uses the vocabulary only in dialect pb.
+                item = self.incomingVocabulary.get(num)
+                if item is None or self.currentDialect != b"pb":
+                    self._refuse(f"vocabulary entry {num} not valid here")
+                    return
+                pos = body
+            elif type_byte == _NEG or type_byte == _LONGNEG:
+                item = -num
+                pos = body
             elif type_byte == _FLOAT:
                 if end - body < 8:
                     self._head = data[pos:]
                     return
-                if not self._hold(PENDING_ITEM_COST):
-                    return
                 item = _DOUBLE.unpack_from(data, body)[0]
                 pos = body + 8
             else:
-                if type_byte == _INT or type_byte == _LONGINT:
-                    item = num
-                elif type_byte == _NEG or type_byte == _LONGNEG:
-                    item = -num
-                elif type_byte == _VOCAB:
-                    # The sender uses the vocabulary only in dialect pb.
-                    item = self.incomingVocabulary.get(num)
-                    if item is None or self.currentDialect != b"pb":
-                        self._refuse(f"vocabulary entry {num} not valid here")
-                        return
-                else:
-                    self._refuse(f"invalid type byte {type_byte:#x}")
+                self._refuse(f"invalid type byte {type_byte:#x}")
+                return
+            if cost:
+                held = self._held + cost
+                limit = self.pending_limit
+                self._held = held
+                if limit is not None and held > limit:
+                    self._refuse(f"unfinished message holds over {limit} bytes")
                     return
-                if not self._hold(PENDING_ITEM_COST):
-                    return
-                pos = body
-            self._got(item)
+            if list_stack:
+                # Stock gotItem appends to the innermost list; close it once complete.
+                top = list_stack[-1]
+                items = top[1]
+                items.append(item)
+                if len(items) == top[0]:
+                    self._close_lists()
+            else:
+                self._got(item)
 
     def _got(self, item: object) -> None:
         """Hand one decoded item to stock ``gotItem``, then any lists it completes."""

@@ -24,6 +24,7 @@ from ipkernel.errors import ControllerUnreachable, StaleKeyFile, WrongKeyFile
 from ipkernel.security import KeyFile
 from ipkernel.wire.broker import ClientFactory
 from ipkernel.wire.errors import exception_from_failure
+from ipkernel.wire.packed_calls import call_remote
 from ipkernel.wire.tls import connect_tls
 
 
@@ -134,14 +135,15 @@ def _is_certificate_mismatch(tls: object, failure: Failure) -> bool:
 def call_controller(
     avatar: pb.RemoteReference, source: str, method: str, *args: object
 ) -> Deferred:
-    """``avatar.callRemote(method, *args)`` with the client's errors.
+    """``avatar.callRemote(method, *args)`` (packed where it can be, see
+    :mod:`ipkernel.wire.packed_calls`) with the client's errors.
 
     Fires with the answer; errbacks with the exception the controller named (see
     :func:`~ipkernel.wire.errors.exception_from_failure`), or raises
     :class:`~ipkernel.errors.ControllerUnreachable` at once if the connection is closed.
     """
     try:
-        d = avatar.callRemote(method, *args)
+        d = call_remote(avatar, method, *args)
     except pb.DeadReferenceError:
         raise ControllerUnreachable(
             f"the connection to the controller ({source}) is closed; create a new client"

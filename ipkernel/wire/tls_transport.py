@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import collections
 import errno
+import fcntl
 import socket
 import ssl
+import struct
+import termios
 from typing import Any
 
 from twisted.internet import main
@@ -49,8 +52,18 @@ _WRITE_PIECE = 1024 * 1024
 
 # Writes at least this large are corked (see TLSTransport._send_queued).
 _CORK_FROM = 64 * 1024
+_FIONREAD = termios.FIONREAD
+_NO_BYTES = bytes(4)
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+
+
+def _unread(fd: int) -> int:
+    """How many bytes the kernel holds for ``fd``, not read yet (0 if it cannot say)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, _FIONREAD, _NO_BYTES))[0]
+    except OSError:
+        return 0
 
 
 class TLSTransport:
@@ -202,7 +215,12 @@ class TLSTransport:
                 return None
             budget -= n
             # Decrypted bytes OpenSSL still holds never wake the reactor: take them now.
-            if budget <= 0 and not sock.pending():
+            if sock.pending():
+                continue
+            # Nothing more in the kernel either (the usual end of a small message): stop
+            # here rather than have OpenSSL try a read that fails (an exception, several
+            # microseconds); more arriving later makes the socket readable again.
+            if budget <= 0 or not _unread(self.fileno()):
                 return None
 
     # Writing
