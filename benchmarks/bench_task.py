@@ -33,7 +33,8 @@ controller logs when it stops.
 The script starts ``ipcontroller`` and 2 ``ipengine`` processes in a temporary
 ``IPKERNEL_DIR`` (two such clusters with ``--db``) and stops them (by PID) at the end.
 Options: ``--engines N``, ``--tasks N``, ``--round-trips N``, ``--repeat N`` (the median
-of that many runs of each throughput figure is reported), ``--page-tasks N``, ``--db``.
+of that many runs of each throughput figure is reported; make it even, so that the runs
+with and without a bar go first equally often), ``--page-tasks N``, ``--db``.
 """
 
 from __future__ import annotations
@@ -261,11 +262,13 @@ def measure(
 
     task_runs, bar_runs, map_rates = [], [], []
     for i in range(repeat):
-        # Alternate which run goes first, so that drift in the machine's load falls on
-        # the runs with and without a bar alike.
+        # Alternate which run goes first, so that drift in the machine's load, and
+        # whatever a run leaves behind for the next, fall on the runs with and without a
+        # bar alike (the maps run apart, below).
         for bar in (False, True) if i % 2 == 0 else (True, False):
             (bar_runs if bar else task_runs).append(task_run(tc, tasks, bar, controller_pid))
 
+    for _ in range(repeat):
         start = time.perf_counter()
         result = tc.map(noop, range(10_000))
         map_rates.append(10_000 / (time.perf_counter() - start))
@@ -377,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--round-trips", type=int, default=500)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--page-tasks", type=int, default=30_000)
     parser.add_argument("--db", action="store_true", help="also compare with the SQLite task store")
     args = parser.parse_args(argv)

@@ -332,6 +332,10 @@ def slow(seconds):
 tids = [tc.run(client.MapTask(slow, (0.7,))) for _ in range(4)]
 tc.barrier(tids, **kw)
 if not short:
+    # More tasks than progress.SPLIT_ABOVE: the barrier is asked for in groups, which
+    # count them (the first two hold the engines for 1.2 s).
+    tids = [tc.run(client.MapTask(slow, (1.2 if i < 2 else 0,))) for i in range(1500)]
+    tc.barrier(tids, **kw)
     assert tc.map(slow, [0.7] * 4, chunksize=1, **kw) == [0.7] * 4
     tid = tc.run(client.MapTask(slow, (1.3,)))
     assert tc.get_task_result(tid, block=True, **kw).result == 1.3
@@ -343,7 +347,7 @@ assert mec.gather("parts", **kw) == [0, 1]
 print("PROGRESS OK")
 """
 
-FULL_LABELS = ["barrier", "map", "get_task_result", "barrier", "result", "gather"]
+FULL_LABELS = ["barrier", "barrier", "map", "get_task_result", "barrier", "result", "gather"]
 
 
 def _start(cluster: Cluster, mode: str, length: str, env: dict, terminal: bool):
@@ -404,10 +408,10 @@ class ProgressBarTests(TestCase):
 
     @inlineCallbacks
     def test_bars_on_a_terminal_only(self):
-        """Waits of more than a second (task barrier, task map, get_task_result,
-        MultiEngine barrier, a pending result's get, gather) each show a bar when
-        stderr is a terminal; none shows in a pipe, with progress=False, or with
-        IPKERNEL_PROGRESS=0."""
+        """Waits of more than a second (task barriers over few tasks and over many,
+        task map, get_task_result, MultiEngine barrier, a pending result's get, gather)
+        each show a bar when stderr is a terminal, task waits counting their tasks to
+        the end; none shows in a pipe, with progress=False, or with IPKERNEL_PROGRESS=0."""
         cluster = Cluster(self, n=2)
         yield cluster.start()
         env = {k: v for k, v in cluster.env.items() if k != "IPKERNEL_PROGRESS"}
@@ -420,6 +424,8 @@ class ProgressBarTests(TestCase):
         self.assertEqual([line.split(":")[0] for line in lines], FULL_LABELS, err)
         self.assertIn("4/4", lines[0])  # the barrier counted its four tasks
         self.assertIn("100%", lines[0])
+        self.assertIn("1500/1500", lines[1])  # and this one its 1,500, in groups
+        self.assertIn("4/4", lines[2])  # the map its four chunks
 
         quiet = [
             _start(cluster, "default", "short", env, terminal=False),
