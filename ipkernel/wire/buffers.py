@@ -3,8 +3,9 @@
 A payload's parts are allocated whole from its header when its stream reference
 arrives, by a client or an engine (:mod:`ipkernel.wire.received`) or by the controller
 keeping a task payload (:mod:`ipkernel.wire.kept`); each chunk is then written into
-place. Large parts are anonymous mappings, their pages made present ahead of the data;
-:func:`tune_allocator` keeps a relaying process's chunk-sized buffers in its heap.
+place. Large parts are anonymous mappings (whose pages a receiver has made present ahead
+of the data, :mod:`ipkernel.wire.prefault`); :func:`tune_allocator` keeps a relaying
+process's chunk-sized buffers in its heap.
 """
 
 from __future__ import annotations
@@ -13,18 +14,12 @@ import mmap
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["POPULATE_AHEAD", "allocate_part", "fill_parts", "populate", "tune_allocator"]
+__all__ = ["allocate_part", "fill_parts", "tune_allocator"]
 
 # Parts this large are received into private anonymous mappings: the kernel hands out
 # zeroed pages as they are first written, where a bytearray would be zeroed first, and
 # may use huge pages (2 MiB: a few hundred times fewer faults).
 _MAP_ANONYMOUS_FROM = 1024 * 1024
-
-#: Pages of such a mapping are made present this far ahead of the data, in one call each
-#: time (much cheaper than one page fault per page).
-POPULATE_AHEAD = 8 * 1024 * 1024
-
-_MADV_POPULATE_WRITE = 23  # Linux 5.14
 
 
 def tune_allocator() -> None:
@@ -65,20 +60,6 @@ def allocate_part(n: int) -> Any:
                 pass  # no transparent huge pages here: 4 KiB pages then
         return part
     return bytearray(n)
-
-
-_populate_works = True
-
-
-def populate(part: Any, start: int, length: int) -> None:
-    """Make the pages of ``part[start:start + length]`` present (a hint; errors ignored)."""
-    global _populate_works
-    if _populate_works and isinstance(part, mmap.mmap):
-        start -= start % mmap.PAGESIZE
-        try:
-            part.madvise(_MADV_POPULATE_WRITE, start, min(length, len(part) - start))
-        except (OSError, ValueError):
-            _populate_works = False  # an older kernel: pages come as they are written
 
 
 def fill_parts(

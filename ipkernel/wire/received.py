@@ -16,8 +16,9 @@ from twisted.python.failure import Failure
 
 from ipkernel.errors import SerializationError, TransferError
 from ipkernel.frames import read_header
-from ipkernel.wire.buffers import POPULATE_AHEAD, allocate_part, fill_parts, populate
+from ipkernel.wire.buffers import allocate_part, fill_parts
 from ipkernel.wire.codec import Landed
+from ipkernel.wire.prefault import prefault
 from ipkernel.wire.stream_protocol import ACK_EVERY
 
 __all__ = ["ReceivedPayload"]
@@ -44,7 +45,6 @@ class ReceivedPayload:
         self._waiters: list[Deferred] = []
         self._index = 0  # the part being filled, and how much of it is
         self._filled = 0
-        self._populated = 0  # of the part being filled
         try:
             self._lengths = read_header(header)
         except SerializationError as exc:
@@ -106,6 +106,8 @@ class ReceivedPayload:
         else:
             # Credit beyond the first: the sender may run a window ahead.
             self._table.send_ack(self._sid, 0, min(self.nbytes, self._table.window))
+            for part in self._parts:
+                prefault(part)
 
     def chunk_target(self, offset: int, size: int) -> memoryview | None:
         """Where a chunk of ``size`` bytes at ``offset`` goes, if it fits in one part."""
@@ -115,15 +117,9 @@ class ReceivedPayload:
         while self._index < len(lengths) and self._filled == lengths[self._index]:
             self._index += 1
             self._filled = 0
-            self._populated = 0
         if self._index == len(lengths) or self._filled + size > lengths[self._index]:
             return None
-        part = self._parts[self._index]
-        end = self._filled + size
-        if end > self._populated:
-            populate(part, self._populated, end - self._populated + POPULATE_AHEAD)
-            self._populated = end + POPULATE_AHEAD
-        return memoryview(part)[self._filled : end]
+        return memoryview(self._parts[self._index])[self._filled : self._filled + size]
 
     def chunk_received(self, offset: int, data: bytes | Landed) -> None:
         """A chunk at ``offset``: ``bytes``, or :class:`Landed` where :meth:`chunk_target`
@@ -142,12 +138,9 @@ class ReceivedPayload:
             if offset != self._received or size == 0 or self._received + size > self.nbytes:
                 self._fail(TransferError("a stream's chunks arrived out of order"), True)
                 return
-            index = self._index
             self._index, self._filled = fill_parts(
-                self._parts, self._lengths, index, self._filled, memoryview(data)
+                self._parts, self._lengths, self._index, self._filled, memoryview(data)
             )
-            if self._index != index:
-                self._populated = 0
         self._received += size
         if self._received == self.nbytes:
             self._complete()
