@@ -89,9 +89,8 @@ class ReactorBridge:
         """Run ``fn`` in the reactor thread and wait for its (Deferred) result."""
         self.check_usable()
         waiter = _Waiter(self.handoff)
-        self.handoff.call_from_thread(waiter.start, fn, args, kwargs)
         try:
-            result = waiter.wait(self._transports)
+            result = waiter.run(fn, args, kwargs, self._transports)
         except KeyboardInterrupt:
             self.reactor.callFromThread(waiter.cancel)
             raise
@@ -178,13 +177,18 @@ class _Waiter:
     def is_finished(self) -> bool:
         return self._finished
 
-    def wait(self, transports: Callable[[], list[Any]]) -> Any:
-        """The answer (a value or a Failure), once there; Ctrl-C interrupts the wait.
+    def run(
+        self, fn: Callable[..., Any], args: tuple, kwargs: dict, transports: Callable[[], list]
+    ) -> Any:
+        """Start the call and wait for its answer (a value or a Failure); Ctrl-C
+        interrupts the wait.
 
-        While it waits, this thread reads ``transports()`` itself when it can (see
+        The call starts in this thread when the reactor waits for events, and while it
+        waits this thread reads ``transports()`` itself when it can (see
         :meth:`ReactorHandoff.serve_until`), so an answer arriving there is handled here.
         """
-        if not self._handoff.serve_until(self.is_finished, transports()):
+        start = functools.partial(self.start, fn, args, kwargs)
+        if not self._handoff.serve_until(self.is_finished, transports(), start):
             self._lock.acquire()
         return self._result
 

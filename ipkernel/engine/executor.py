@@ -12,6 +12,7 @@ called from the main thread.
 
 from __future__ import annotations
 
+import functools
 import queue
 import signal
 import threading
@@ -90,11 +91,15 @@ class MainThreadExecutor:
     def _has_job(self) -> bool:
         return not self._jobs.empty()
 
-    def _next_job(self) -> Any:
-        """The next job; while there is none, serve the connections (see the class)."""
+    def _next_job(self, answer: Callable[[], Any] | None) -> Any:
+        """Send ``answer`` (the last job's, as reactor code), then take the next job;
+        while there is none, serve the connections (see the class)."""
         handoff = self._handoff
         if handoff is not None and self._jobs.empty():
-            handoff.serve_until(self._has_job, self._connections())
+            # One turn of reactor code for both: the answer, and the wait.
+            handoff.serve_until(self._has_job, self._connections(), answer)
+        elif answer is not None:
+            self._call_from_thread(answer)
         return self._jobs.get()
 
     @property
@@ -105,9 +110,11 @@ class MainThreadExecutor:
     def run(self) -> None:
         """Run jobs until :meth:`stop`. Call from the main thread."""
         previous = signal.signal(signal.SIGINT, self._on_sigint)
+        answer: Callable[[], Any] | None = None
         try:
             while True:
-                job = self._next_job()
+                job = self._next_job(answer)
+                answer = None
                 if job is _STOP:
                     return
                 fn, args, d = job
@@ -125,12 +132,16 @@ class MainThreadExecutor:
                 except BaseException:
                     result = Failure()
                 if isinstance(result, Failure):
-                    self._call_from_thread(d.errback, result)
+                    answer = functools.partial(d.errback, result)
                 else:
-                    self._call_from_thread(d.callback, result)
+                    answer = functools.partial(d.callback, result)
                 if signalled:
+                    self._call_from_thread(answer)
+                    answer = None
                     self._settle()
         finally:
+            if answer is not None:
+                self._call_from_thread(answer)
             signal.signal(signal.SIGINT, previous)
 
     def _settle(self) -> None:

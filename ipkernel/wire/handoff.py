@@ -129,15 +129,11 @@ class ReactorHandoff:
         if not self.active or not self.lock.acquire(False):
             self.reactor.callFromThread(fn, *args)
             return
-        held = _hold_sigint()
-        self._owner = threading.get_ident()
-        try:
+        with _Turn(self, locked=True):
             queued = self.reactor.threadCallQueue
             while queued:
                 _run_logged(*queued.pop(0))
             fn(*args)
-        finally:
-            self._end_turn(held)
 
     def in_reactor_code(self) -> bool:
         """Whether this thread runs reactor code now (it is the reactor thread, or runs
@@ -161,7 +157,12 @@ class ReactorHandoff:
             if held is not None:
                 held.restore()
 
-    def serve_until(self, ready: Callable[[], bool], transports: Iterable[Any]) -> bool:
+    def serve_until(
+        self,
+        ready: Callable[[], bool],
+        transports: Iterable[Any],
+        first: Callable[[], Any] | None = None,
+    ) -> bool:
         """Wait in this thread until ``ready()``, reading ``transports`` meanwhile.
 
         The thread that waits for an answer (a blocking call's caller, an idle engine's
@@ -174,14 +175,31 @@ class ReactorHandoff:
         caller waits its own way), or once every connection read here has ended. The
         connections go back to the reactor on return, Ctrl-C (``KeyboardInterrupt``
         from the wait) included.
+
+        ``first``, if given, is reactor code to run before (what starts the call waited
+        for, what answers the last command): as :meth:`call_from_thread` would, but in
+        the same turn as the start of the wait.
         """
         if not self.active:
+            if first is not None:
+                self.reactor.callFromThread(first)
             return False
         reactor = self.reactor
         served: dict[int, Any] = {}
         removed: list[Any] = []
+        locked = False
+        if first is not None:
+            locked = self.lock.acquire(False)
+            if not locked:  # the reactor thread is busy: it runs ``first`` itself
+                reactor.callFromThread(first)
+                first = None
         try:
-            with _Turn(self):
+            with _Turn(self, locked):
+                if first is not None:
+                    queued = reactor.threadCallQueue
+                    while queued:
+                        _run_logged(*queued.pop(0))
+                    first()
                 self.run_hand_overs()
                 if ready():
                     return True
@@ -281,15 +299,17 @@ class _Turn:
     """Reactor code run by a thread other than the reactor's: the lock held, ``SIGINT``
     held back, and on the way out what :meth:`ReactorHandoff._end_turn` does."""
 
-    __slots__ = ("_handoff", "_held")
+    __slots__ = ("_handoff", "_held", "_locked")
 
-    def __init__(self, handoff: ReactorHandoff) -> None:
+    def __init__(self, handoff: ReactorHandoff, locked: bool = False) -> None:
         self._handoff = handoff
+        self._locked = locked  # the lock is held already
         self._held: _HeldSigint | None = None
 
     def __enter__(self) -> None:
         handoff = self._handoff
-        handoff.lock.acquire()
+        if not self._locked:
+            handoff.lock.acquire()
         self._held = _hold_sigint()
         handoff._owner = threading.get_ident()
 
