@@ -150,6 +150,24 @@ class RunningHandoffTests(_RunningReactor):
         self.assertIs(signal.getsignal(signal.SIGINT), handler)
 
 
+    def test_trusted_sigint_handler_left_in_place(self) -> None:
+        """With the current SIGINT handler trusted (one that never raises there), reactor
+        code run in the main thread leaves it in place; any other is swapped meanwhile."""
+        self.settle()
+
+        def handler(signum: int, frame: object) -> None:
+            pass
+
+        self.addCleanup(signal.signal, signal.SIGINT, signal.signal(signal.SIGINT, handler))
+        seen: list[object] = []
+        self.handoff.call_from_thread(lambda: seen.append(signal.getsignal(signal.SIGINT)))
+        self.assertIsNot(seen[-1], handler)
+        self.handoff.trust_sigint_handler(handler)
+        self.addCleanup(self.handoff.trust_sigint_handler, None)
+        self.handoff.call_from_thread(lambda: seen.append(signal.getsignal(signal.SIGINT)))
+        self.assertIs(seen[-1], handler)
+
+
 class _Reader:
     """One end of a socket pair, read by whichever thread the reactor code runs in."""
 

@@ -41,6 +41,12 @@ class Handoff(Protocol):
     def notify(self) -> None:
         """Wake the thread in ``serve_until`` (its ``ready()`` may be true now)."""
 
+    def wake(self) -> None:
+        """Wake the thread in ``serve_until``, even from a signal handler."""
+
+    def trust_sigint_handler(self, handler: Callable[..., Any] | None) -> None:
+        """``handler`` never raises in reactor code run outside the reactor thread."""
+
 
 class MainThreadExecutor:
     """Jobs go in from the reactor thread; :meth:`run` executes them in the main thread.
@@ -110,6 +116,9 @@ class MainThreadExecutor:
     def run(self) -> None:
         """Run jobs until :meth:`stop`. Call from the main thread."""
         previous = signal.signal(signal.SIGINT, self._on_sigint)
+        if self._handoff is not None:
+            # Between jobs (when reactor code runs here) it raises nothing.
+            self._handoff.trust_sigint_handler(self._on_sigint)
         answer: Callable[[], Any] | None = None
         try:
             while True:
@@ -142,6 +151,8 @@ class MainThreadExecutor:
         finally:
             if answer is not None:
                 self._call_from_thread(answer)
+            if self._handoff is not None:
+                self._handoff.trust_sigint_handler(None)
             signal.signal(signal.SIGINT, previous)
 
     def _settle(self) -> None:
@@ -156,7 +167,10 @@ class MainThreadExecutor:
 
     def stop(self) -> None:
         """Make :meth:`run` return once the current job (if any) is done."""
-        self._put(_STOP)
+        self._jobs.put(_STOP)
+        if self._handoff is not None:
+            # Maybe from the SIGINT handler, in the middle of this thread's reactor code.
+            self._handoff.wake()
 
     def interrupt(self) -> None:
         """Raise ``KeyboardInterrupt`` in the running job, if there is one.
