@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 from twisted.internet import main
 from twisted.internet.epollreactor import EPollReactor
@@ -149,7 +150,6 @@ class RunningHandoffTests(_RunningReactor):
         self.assertEqual(steps, ["finished"])
         self.assertIs(signal.getsignal(signal.SIGINT), handler)
 
-
     def test_trusted_sigint_handler_left_in_place(self) -> None:
         """With the current SIGINT handler trusted (one that never raises there), reactor
         code run in the main thread leaves it in place; any other is swapped meanwhile."""
@@ -280,6 +280,24 @@ class ServeUntilTests(_RunningReactor):
         self.assertFalse(self.handoff.serve_until(lambda: False, [self.reader]))
         self.assertEqual(len(self.reader.lost), 1)
         self.assertNotIn(self.reader, self.in_reactor(self.reactor.getReaders))
+
+    def test_one_thread_serves_at_a_time(self) -> None:
+        """While a thread serves, another one asking to is told to wait its own way."""
+        done: list[bool] = []
+        results: list[bool] = []
+        serving = threading.Thread(
+            target=lambda: results.append(
+                self.handoff.serve_until(lambda: bool(done), [self.reader])
+            )
+        )
+        serving.start()
+        deadline = time.monotonic() + WAIT
+        while self.handoff._server is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self.assertFalse(self.handoff.serve_until(lambda: False, [self.reader]))
+        self.reactor.callFromThread(lambda: (done.append(True), self.handoff.notify()))
+        serving.join(WAIT)
+        self.assertEqual(results, [True])
 
     def test_nothing_to_read(self) -> None:
         """A transport the reactor is not reading is not taken: False at once, unless

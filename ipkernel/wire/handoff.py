@@ -175,7 +175,8 @@ class ReactorHandoff:
         reactor code too, after each read; reactor code that makes it true elsewhere
         (in the reactor thread) must call :meth:`notify`. Returns True once ready;
         False at once if the handoff is not active or there is nothing to read (then the
-        caller waits its own way), or once every connection read here has ended. The
+        caller waits its own way; so does a second thread while one serves), or once
+        every connection read here has ended. The
         connections go back to the reactor on return, Ctrl-C (``KeyboardInterrupt``
         from the wait) included.
 
@@ -206,6 +207,8 @@ class ReactorHandoff:
                 self.run_hand_overs()
                 if ready():
                     return True
+                if self._server is not None:
+                    return False  # another thread serves: one at a time (one wake pipe)
                 reads = reactor.getReaders()
                 for transport in transports:
                     if transport in reads and _open(transport):
