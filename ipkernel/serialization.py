@@ -117,11 +117,22 @@ def serialize(obj: Any, name: str | None = None) -> list[bytes]:
     return dump(obj, name).frames()
 
 
-def _unframe(frames: Sequence[bytes], kind: int) -> tuple[bytearray, list[bytearray]]:
+def _unframe(frames: Sequence[bytes], kind: int) -> tuple[Any, list[bytearray]]:
     """Check ``frames`` against their header; return the pickle stream and the buffers."""
     if not isinstance(frames, (list, tuple)) or not frames:
         raise malformed(f"expected a non-empty list of bytes, got {type(frames).__name__}")
     lengths = read_header(frames[0], kind)
+    if len(lengths) == 1 and 0 < lengths[0] <= CHUNK_SIZE and len(frames) == 2:
+        # A small object with no out-of-band buffer (most results): its one chunk is the
+        # pickle stream itself, nothing to assemble.
+        stream = frames[1]
+        try:
+            size = memoryview(stream).nbytes
+        except TypeError:
+            raise malformed(f"chunk 0 is a {type(stream).__name__}, not bytes")
+        if size != lengths[0]:
+            raise malformed(f"chunk 0 has {size} bytes, expected {lengths[0]}")
+        return stream, []
     total = sum(lengths)
 
     # Check every chunk's size before allocating anything, so a forged header cannot make

@@ -135,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     from ipkernel.wire.handoff import ReactorHandoff
 
     handoff = ReactorHandoff(reactor)
-    executor = MainThreadExecutor(reactor, handoff)
+
+    def connections() -> list:
+        # The controller connection, once registered: the idle main thread reads it.
+        registrar = service.registrar
+        return [] if registrar is None else [registrar.broker.transport]
+
+    executor = MainThreadExecutor(reactor, handoff, connections)
     interpreter = Interpreter(engine_id=rank or 0, mpi=mpi, properties=properties)
 
     def leave(why: str) -> None:

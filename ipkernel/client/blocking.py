@@ -25,6 +25,7 @@ import concurrent.futures
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,8 @@ class ReactorBridge:
         self.reactor = reactor
         self._pid = os.getpid()
         self.handoff = ReactorHandoff(reactor)
+        # The blocking clients' brokers, whose connections a waiting caller reads itself.
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.thread = threading.Thread(
             target=self.handoff.run,
             name="ipkernel-reactor",
@@ -67,19 +70,27 @@ class ReactorBridge:
                 "this client was created before os.fork(); the reactor thread does not exist "
                 "in the child process: create clients after forking"
             )
-        if threading.current_thread() is self.thread:
+        if threading.current_thread() is self.thread or self.handoff.in_reactor_code():
             raise ClientUnusable(
-                "a blocking ipkernel call was made from the reactor thread, where it would "
-                "deadlock; use the asynchronous client (ipkernel.client.AsyncMultiEngineClient)"
+                "a blocking ipkernel call was made from reactor code (the reactor thread, or "
+                "a callback run while another call waited), where it would deadlock; use the "
+                "asynchronous client (ipkernel.client.AsyncMultiEngineClient)"
             )
+
+    def serve(self, broker: Any) -> None:
+        """Let callers waiting for an answer read ``broker``'s connection themselves,
+        rather than be woken by the reactor thread."""
+        self._connections.add(broker)
+
+    def _transports(self) -> list[Any]:
+        return [b.transport for b in list(self._connections) if b.transport is not None]
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` in the reactor thread and wait for its (Deferred) result."""
         self.check_usable()
         waiter = _Waiter(self.handoff)
-        self.handoff.call_from_thread(waiter.start, fn, args, kwargs)
         try:
-            result = waiter.wait()
+            result = waiter.run(fn, args, kwargs, self._transports)
         except KeyboardInterrupt:
             self.reactor.callFromThread(waiter.cancel)
             raise
@@ -131,13 +142,14 @@ class ReactorBridge:
 class _Waiter:
     """One blocking call: started as reactor code, waited for by the caller."""
 
-    __slots__ = ("_deferred", "_handoff", "_lock", "_result")
+    __slots__ = ("_deferred", "_finished", "_handoff", "_lock", "_result")
 
-    def __init__(self, handoff: Any) -> None:
+    def __init__(self, handoff: ReactorHandoff) -> None:
         self._handoff = handoff
         self._lock = _thread.allocate_lock()
         self._lock.acquire()
         self._result: Any = None
+        self._finished = False
         self._deferred: Deferred | None = None
 
     def start(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
@@ -155,11 +167,29 @@ class _Waiter:
 
     def _done(self, result: Any) -> None:
         self._result = result
-        self._handoff.before_block(self._lock.release)
+        self._finished = True
+        self._handoff.before_block(self._release)
 
-    def wait(self) -> Any:
-        """The answer (a value or a Failure), once there; Ctrl-C interrupts the wait."""
-        self._lock.acquire()
+    def _release(self) -> None:
+        self._lock.release()
+        self._handoff.notify()
+
+    def is_finished(self) -> bool:
+        return self._finished
+
+    def run(
+        self, fn: Callable[..., Any], args: tuple, kwargs: dict, transports: Callable[[], list]
+    ) -> Any:
+        """Start the call and wait for its answer (a value or a Failure); Ctrl-C
+        interrupts the wait.
+
+        The call starts in this thread when the reactor waits for events, and while it
+        waits this thread reads ``transports()`` itself when it can (see
+        :meth:`ReactorHandoff.serve_until`), so an answer arriving there is handled here.
+        """
+        start = functools.partial(self.start, fn, args, kwargs)
+        if not self._handoff.serve_until(self.is_finished, transports(), start):
+            self._lock.acquire()
         return self._result
 
     def cancel(self) -> None:

@@ -59,6 +59,11 @@ class ControllerConnection:
         self.last_engine_count: int | None = None
 
     @property
+    def broker(self) -> pb.Broker:
+        """The connection's PB broker (its ``transport`` is ``None`` once it is gone)."""
+        return self._avatar.broker
+
+    @property
     def connected(self) -> bool:
         """Whether the connection to the controller is still open."""
         return not self._avatar.broker.disconnected

@@ -94,6 +94,7 @@ class MultiEngineClient:
         self._async: AsyncMultiEngineClient = self._bridge.call(
             AsyncMultiEngineClient.connect, self._bridge.reactor, keyfile, source, transport
         )
+        self._bridge.serve(self._async.broker)
         self.targets: Targets = "all"
         self.block: bool = True
         self._pending: weakref.WeakSet[PendingResult] = weakref.WeakSet()

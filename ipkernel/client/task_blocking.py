@@ -69,6 +69,7 @@ class TaskClient:
         self._async: AsyncTaskClient = self._bridge.call(
             AsyncTaskClient.connect, self._bridge.reactor, keyfile, source, transport
         )
+        self._bridge.serve(self._async.broker)
         self.block: bool = True
         self._pending: weakref.WeakSet[PendingResult] = weakref.WeakSet()
         # Tasks still on their way when the program ends must not be lost with the

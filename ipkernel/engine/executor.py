@@ -12,6 +12,7 @@ called from the main thread.
 
 from __future__ import annotations
 
+import functools
 import queue
 import signal
 import threading
@@ -34,21 +35,41 @@ class Handoff(Protocol):
     def before_block(self, hand_over: Callable[[], Any]) -> None:
         """Run ``hand_over()`` when the reactor thread next waits for events."""
 
+    def serve_until(self, ready: Callable[[], bool], transports: list[Any]) -> bool:
+        """Wait until ``ready()``, reading ``transports`` in this thread meanwhile."""
+
+    def notify(self) -> None:
+        """Wake the thread in ``serve_until`` (its ``ready()`` may be true now)."""
+
+    def wake(self) -> None:
+        """Wake the thread in ``serve_until``, even from a signal handler."""
+
+    def trust_sigint_handler(self, handler: Callable[..., Any] | None) -> None:
+        """``handler`` never raises in reactor code run outside the reactor thread."""
+
 
 class MainThreadExecutor:
     """Jobs go in from the reactor thread; :meth:`run` executes them in the main thread.
 
     ``reactor`` gives ``callFromThread``; ``handoff``, when given, replaces it (see the
-    module docstring).
+    module docstring), and while no job waits, the main thread reads the connections
+    ``connections()`` names itself, so that the next command is received where it runs.
     """
 
-    def __init__(self, reactor: Any, handoff: Handoff | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        handoff: Handoff | None = None,
+        connections: Callable[[], list[Any]] = list,
+    ) -> None:
         self._call_from_thread: Callable[..., None] = (
             reactor.callFromThread if handoff is None else handoff.call_from_thread
         )
         self._before_block: Callable[[Callable[[], Any]], None] = (
             _at_once if handoff is None else handoff.before_block
         )
+        self._handoff = handoff
+        self._connections = connections
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         # The number of the job running (None when idle); the job that the SIGINT sent by
         # interrupt() is for (one signal in flight at a time: a signal that arrives after
@@ -65,8 +86,27 @@ class MainThreadExecutor:
     def __call__(self, fn: Callable, *args: Any) -> Deferred:
         """Queue ``fn(*args)``; the Deferred fires (in the reactor thread) with its result."""
         d: Deferred = Deferred()
-        self._before_block(lambda: self._jobs.put((fn, args, d)))
+        self._before_block(lambda: self._put((fn, args, d)))
         return d
+
+    def _put(self, job: Any) -> None:
+        self._jobs.put(job)
+        if self._handoff is not None:
+            self._handoff.notify()
+
+    def _has_job(self) -> bool:
+        return not self._jobs.empty()
+
+    def _next_job(self, answer: Callable[[], Any] | None) -> Any:
+        """Send ``answer`` (the last job's, as reactor code), then take the next job;
+        while there is none, serve the connections (see the class)."""
+        handoff = self._handoff
+        if handoff is not None and self._jobs.empty():
+            # One turn of reactor code for both: the answer, and the wait.
+            handoff.serve_until(self._has_job, self._connections(), answer)
+        elif answer is not None:
+            self._call_from_thread(answer)
+        return self._jobs.get()
 
     @property
     def busy(self) -> bool:
@@ -76,9 +116,14 @@ class MainThreadExecutor:
     def run(self) -> None:
         """Run jobs until :meth:`stop`. Call from the main thread."""
         previous = signal.signal(signal.SIGINT, self._on_sigint)
+        if self._handoff is not None:
+            # Between jobs (when reactor code runs here) it raises nothing.
+            self._handoff.trust_sigint_handler(self._on_sigint)
+        answer: Callable[[], Any] | None = None
         try:
             while True:
-                job = self._jobs.get()
+                job = self._next_job(answer)
+                answer = None
                 if job is _STOP:
                     return
                 fn, args, d = job
@@ -96,12 +141,18 @@ class MainThreadExecutor:
                 except BaseException:
                     result = Failure()
                 if isinstance(result, Failure):
-                    self._call_from_thread(d.errback, result)
+                    answer = functools.partial(d.errback, result)
                 else:
-                    self._call_from_thread(d.callback, result)
+                    answer = functools.partial(d.callback, result)
                 if signalled:
+                    self._call_from_thread(answer)
+                    answer = None
                     self._settle()
         finally:
+            if answer is not None:
+                self._call_from_thread(answer)
+            if self._handoff is not None:
+                self._handoff.trust_sigint_handler(None)
             signal.signal(signal.SIGINT, previous)
 
     def _settle(self) -> None:
@@ -117,6 +168,9 @@ class MainThreadExecutor:
     def stop(self) -> None:
         """Make :meth:`run` return once the current job (if any) is done."""
         self._jobs.put(_STOP)
+        if self._handoff is not None:
+            # Maybe from the SIGINT handler, in the middle of this thread's reactor code.
+            self._handoff.wake()
 
     def interrupt(self) -> None:
         """Raise ``KeyboardInterrupt`` in the running job, if there is one.
