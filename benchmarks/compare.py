@@ -276,17 +276,25 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}" if value >= 0.001 else f"{value:.5f}"
 
 
+def _ratio(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
+
+
 def table(
     labels: dict[str, str], systems: list[str], medians: dict[str, dict], ratios: dict
 ) -> str:
-    """The Markdown table: a row per figure, a column per system, and a column per peer
-    for the ratio ipkernel / peer (ipkernel as installed; the stream column's ratios are
-    in the JSON line)."""
+    """The Markdown table: a row per figure, a column per system, a column per peer for
+    the ratio ipkernel / peer (ipkernel as installed), and, when both ran, one for the
+    ratio of the stream column to Dask TLS direct to worker, the like-for-like pair for
+    data over the network (the stream column's other ratios are in the JSON line)."""
+    stream_pair = "ipkernel-stream" in systems and "dask-tls-direct" in systems
     head = ["figure"]
     for system in systems:
         head.append(TITLES[system])
         if system not in OURS and "ipkernel" in systems:
             head.append(f"ipk / {TITLES[system]}")
+    if stream_pair:
+        head.append("stream / Dask TLS direct")
     rows = [head, ["---"] + ["---:"] * (len(head) - 1)]
     for key, label in labels.items():
         row = [label]
@@ -294,9 +302,9 @@ def table(
             row.append(fmt(medians[system].get(key)))
             if system not in OURS and "ipkernel" in systems:
                 ratio = ratios["ipkernel"][system].get(key)
-                row.append(
-                    "n/a" if ratio is None else f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
-                )
+                row.append(_ratio(ratio))
+        if stream_pair:
+            row.append(_ratio(ratios["ipkernel-stream"]["dask-tls-direct"].get(key)))
         rows.append(row)
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
