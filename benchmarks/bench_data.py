@@ -48,6 +48,14 @@ from ``/proc/self/io``, per push: the client sends each byte once whatever the n
 engines), and the CPU seconds per push of the controller and of all the engines together
 (``controller_cpu_s_*``, ``engines_cpu_s_*``): on a machine with fewer CPUs than engines,
 the engines' own receiving is what the 8-engine push waits for.
+
+One copy for many engines (``share_8``, on a local ``ipcluster -n 8``, shared memory):
+``mec.push({'s': array}, share=True)`` of 1 GB (256 MB with ``--quick``) to all 8
+engines, each engine then summing it (every page read): ``share_s`` (the push, returning
+once every engine has mapped it), ``sum_s`` (the eight sums), ``engines_pss_growth_MB``
+(the engines' proportional set sizes summed, after the sums minus before the push) and
+``growth_per_copy`` (that growth over the array's size: about 1 when the engines map the
+same pages, 8 if each had its own copy).
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _cluster import LocalCluster, median_time  # noqa: E402
+from _many_engines import controller_pid, cpu_seconds, fan_out, share_many  # noqa: E402
 
 MB = 1_000_000
 MiB = 2**20
@@ -146,25 +155,6 @@ def memcpy_mbps() -> tuple[float, float]:
 
 
 # The controller process and a second client
-
-
-def controller_pid(cluster: LocalCluster) -> int:
-    """The pid of the cluster's controller, as ``ipcluster.pid`` lists it."""
-    # ipcluster.pid: the ipcluster's pid, then one "<role> <pid>" line per child.
-    for line in (cluster.dir / "ipcluster.pid").read_text().splitlines()[1:]:
-        role, _, pid = line.partition(" ")
-        if role == "controller":
-            return int(pid)
-    raise RuntimeError("no controller in ipcluster.pid")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) that process ``pid`` has used so far."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    # After the command name (which may hold spaces and parentheses): fields 3 onwards;
-    # utime and stime are fields 14 and 15, in clock ticks.
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def relayed_bytes(mec) -> int | None:
@@ -249,68 +239,6 @@ class LatencyProbe:
 
 
 # Data to many engines
-
-
-def bytes_written() -> int:
-    """What this process has passed to write() and kin, its TLS connections included."""
-    with open("/proc/self/io") as f:
-        for line in f:
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    raise RuntimeError("no wchar in /proc/self/io")
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def engine_pids(cluster: LocalCluster) -> list[int]:
-    """The cluster's engine processes (found by their IPKERNEL_DIR)."""
-    wanted = f"IPKERNEL_DIR={cluster.dir}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            if b"forkengines" not in cmdline and b"ipengine" not in cmdline:
-                continue
-            if wanted in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
-
-
-def fan_out(quick: bool) -> dict:
-    """A 100 MB array pushed over the stream path to one engine, then to 8 at once."""
-    import numpy as np
-
-    from ipkernel import client
-
-    figures: dict[str, float] = {}
-    with LocalCluster(8) as cluster:
-        mec = client.MultiEngineClient(cluster.mec_furl, transport="stream")
-        controller, engines = controller_pid(cluster), engine_pids(cluster)
-        arr = np.random.default_rng(2).random(100 * MB // 8)
-        mec.push({"x": arr})
-        repeat = 3 if quick else 5
-        for n, targets in ((1, 0), (8, "all")):
-            written, ctl, eng = bytes_written(), cpu_s(controller), sum(map(cpu_s, engines))
-            seconds = median_time(lambda t=targets: mec.push({"x": arr}, targets=t), repeat, 0)
-            figures[f"push_100MB_{n}_engine{'s' if n > 1 else ''}_s"] = round(seconds, 3)
-            figures[f"client_MB_sent_{n}"] = round((bytes_written() - written) / repeat / MB, 1)
-            figures[f"controller_cpu_s_{n}"] = round((cpu_s(controller) - ctl) / repeat, 3)
-            figures[f"engines_cpu_s_{n}"] = round((sum(map(cpu_s, engines)) - eng) / repeat, 3)
-        mec.execute("s = float(x.sum())")
-        if set(mec.pull("s")) != {float(arr.sum())}:
-            raise AssertionError("an engine did not get the array whole")
-        mec.close()
-    figures["ratio_8_to_1"] = round(
-        figures["push_100MB_8_engines_s"] / figures["push_100MB_1_engine_s"], 2
-    )
-    return figures
 
 
 # One path
@@ -481,6 +409,7 @@ def main() -> None:
     figures: dict[str, object] = {"benchmark": "data", "python": platform.python_version()}
     if "--fan-out" in sys.argv:
         figures["fan_out"] = fan_out(quick)
+        figures["share_8"] = share_many(quick)
         print(json.dumps(figures))
         return
     figures["raw_tls_MBps"] = round(raw_tls_mbps())
@@ -506,6 +435,7 @@ def main() -> None:
     figures["first_push_vs_memcpy"] = round(figures["first_push_100MB_MBps"] / warm, 2)
     figures["push_vs_memcpy"] = round(shared["push_100MB_MBps"] / warm, 2)
     figures["fan_out"] = fan_out(quick)
+    figures["share_8"] = share_many(quick)
     figures["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     print(json.dumps(figures))
 
