@@ -6,9 +6,12 @@ from a child Python (``Cluster.run_script``) while trial's reactor runs the test
 
 from __future__ import annotations
 
-from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+import weakref
 
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from ipkernel.client.blocking import ReactorBridge
 from tests.cluster import Cluster
 
 SEED_EXAMPLES = r"""
@@ -224,3 +227,24 @@ class SynchronousClientTests(TestCase):
             '''
         )
         self.assertIn("CLIENTS OK", result.stdout)
+
+
+class _Broker:
+    def __init__(self, transport: object, waiting: dict) -> None:
+        self.transport = transport
+        self.waitingForAnswers = waiting
+
+
+class ServedConnectionsTests(SynchronousTestCase):
+    def test_only_connections_owing_an_answer_are_served(self):
+        """A caller waiting for an answer reads only the connections of the blocking
+        clients that owe one (its own call's): the others stay with the reactor."""
+        bridge = object.__new__(ReactorBridge)
+        bridge._connections = weakref.WeakSet()
+        owing, idle, closed = _Broker("t1", {1: None}), _Broker("t2", {}), _Broker(None, {2: None})
+        for broker in (owing, idle, closed):
+            bridge.serve(broker)
+        transports = bridge._transports()
+        owing.waitingForAnswers.clear()
+        idle.waitingForAnswers[3] = None  # the call starts before they are read
+        self.assertEqual(list(transports), ["t2"])

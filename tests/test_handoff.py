@@ -238,6 +238,26 @@ class ServeUntilTests(_RunningReactor):
             self.in_reactor(lambda: None)
         self.assertEqual(self.reader.reads[1], (self.thread, b"later"))
 
+    def test_transports_taken_after_first(self) -> None:
+        """``transports`` is iterated once ``first`` has run, in the same turn: a lazy
+        iterable may name the connections by what ``first`` started, and the answer
+        sent during ``first`` is read by the waiting thread."""
+        order: list[str] = []
+
+        def first() -> None:
+            order.append("first")
+            self.peer.send(b"answer")
+
+        def transports():
+            order.append("transports")
+            yield self.reader
+
+        self.assertTrue(
+            self.handoff.serve_until(lambda: bool(self.reader.reads), transports(), first)
+        )
+        self.assertEqual(order, ["first", "transports"])
+        self.assertEqual(self.reader.reads, [(threading.current_thread(), b"answer")])
+
     def test_ready_through_a_hand_over(self) -> None:
         """A hand-over made by what was read (an engine queueing the command it
         received) runs before readiness is checked: the wait ends."""

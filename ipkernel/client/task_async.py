@@ -110,6 +110,18 @@ class AsyncTaskClient(ControllerConnection):
         with ``None``."""
         return self.sync().addBoth(lambda _: self.disconnect())
 
+    def disconnect(self) -> None:
+        """Close the connection to the controller (work already sent runs on)."""
+        self._batches.close()
+        super().disconnect()
+
+    def send_within(self, delay: float) -> None:
+        """Tasks :meth:`send` queues from now on leave with the next call to the
+        controller, or ``delay`` seconds after the first of them at the latest: queueing
+        wakes no thread (for a caller outside the reactor thread that usually calls soon
+        after, such as the blocking client). Reactor code."""
+        self._batches.send_within(delay)
+
     def _call(self, method: str, *args: Any, about: Sequence[int] = ()) -> Deferred:
         """Call the controller after the tasks submitted so far; fail instead with the
         controller's refusal of any task named in ``about``. A call in flight when the
@@ -209,8 +221,9 @@ class AsyncTaskClient(ControllerConnection):
     def send(self, taskid: int, wire: list, acknowledged: Deferred | None = None) -> None:
         """Queue the task ``wire`` under the reserved id ``taskid`` (any thread).
 
-        Tasks queued in a row leave together at the next reactor turn, or before the next
-        call to the controller. ``acknowledged`` fires with ``None`` once the controller
+        Tasks queued in a row leave together at the next reactor turn (or within the
+        delay of :meth:`send_within`), or before the next call to the controller.
+        ``acknowledged`` fires with ``None`` once the controller
         accepted the task, or errbacks with its refusal.
         """
         self._batches.send(taskid, wire, acknowledged)

@@ -24,6 +24,7 @@ from ipkernel.client.task_payloads import TaskPayloads
 from ipkernel.errors import ControllerRestarted, error_from_wire
 from ipkernel.frames import Serialized
 from ipkernel.interfaces.records import TASK_SUBMIT
+from ipkernel.wire.lazy_wake import LazyWake
 
 __all__ = ["SEND_MAX_BYTES", "SEND_MAX_TASKS", "TaskBatches", "carries_payloads"]
 
@@ -66,25 +67,48 @@ class TaskBatches:
         self._on_lost = on_lost
         # Batches whose answer was lost with the connection, with their Deferreds.
         self._lost: list[tuple[list[Queued], Deferred]] = []
+        # The timer that sends queued tasks when no call does (see send_within).
+        self._lazy: LazyWake | None = None
+
+    def send_within(self, delay: float) -> None:
+        """From now on, tasks queued leave with the next call to the controller, or
+        ``delay`` seconds after the first of them at the latest, rather than at the next
+        reactor turn: queueing a task wakes no thread (reactor code; see
+        :mod:`ipkernel.wire.lazy_wake`). Until :meth:`close`."""
+        if self._lazy is None:
+            self._lazy = LazyWake(self._reactor, self.flush, delay)
+
+    def close(self) -> None:
+        """Stop the timer of :meth:`send_within` (reactor code); tasks queued later
+        leave at the next reactor turn again."""
+        lazy, self._lazy = self._lazy, None
+        if lazy is not None:
+            lazy.close()
 
     def send(self, taskid: int, wire: list, acknowledged: Deferred | None = None) -> None:
         """Queue the task ``wire`` under the reserved id ``taskid`` (any thread).
 
-        Tasks queued in a row leave together at the next reactor turn, or before the next
-        call to the controller. ``acknowledged`` fires with ``None`` once the controller
-        accepted the task, or errbacks with its refusal.
+        Tasks queued in a row leave together at the next reactor turn (or within the
+        delay of :meth:`send_within`), or before the next call to the controller.
+        ``acknowledged`` fires with ``None`` once the controller accepted the task, or
+        errbacks with its refusal.
         """
         with self._lock:
             self._outgoing.append((taskid, wire, acknowledged))
-            schedule = not self._flush_scheduled
+            if self._flush_scheduled:
+                return
             self._flush_scheduled = True
-        if schedule:
-            self._reactor.callFromThread(self.flush)
+            if self._lazy is not None:
+                self._lazy.arm()  # under the lock: a flush's disarm cannot overtake it
+                return
+        self._reactor.callFromThread(self.flush)
 
     def flush(self) -> None:
         """Send every queued task now, in as few messages as the limits allow."""
         with self._lock:
             outgoing, self._outgoing = self._outgoing, []
+            if self._flush_scheduled and self._lazy is not None:
+                self._lazy.disarm()
             self._flush_scheduled = False
         start = 0
         while start < len(outgoing):

@@ -182,7 +182,8 @@ class ReactorHandoff:
 
         ``first``, if given, is reactor code to run before (what starts the call waited
         for, what answers the last command): as :meth:`call_from_thread` would, but in
-        the same turn as the start of the wait.
+        the same turn as the start of the wait. ``transports`` is iterated after it, in
+        that turn: it may be lazy, and name only the connections the call now waits on.
         """
         if not self.active:
             if first is not None:
