@@ -1,0 +1,130 @@
+"""Functions pickled once for many tasks: the client's cache of their pickles.
+
+A ``MapTask``'s function defined in ``__main__`` is pickled by value (its code), which
+costs far more than running a small function. A client that sends the same function in
+many tasks pickles it once: :meth:`FunctionPickles.wrap` gives an object that pickles as
+a call of :func:`ipkernel.serialization.load_function` on those bytes, and an engine
+given the same bytes again reuses the function it made from them.
+
+Only a *stateless* function is reused this way: a plain function without a closure,
+``__dict__`` entries or annotations, whose defaults are constants, whose code assigns no
+global name, and whose global names (as far as it has any) are modules. Its pickle then
+depends on nothing that can change without changing what the cache compares: its code,
+names, defaults, the modules it names and the set of imported modules (``sys.modules``,
+for the submodules that cloudpickle makes the engine import). Any other function is
+pickled with its task, as before.
+"""
+
+from __future__ import annotations
+
+import dis
+import sys
+import types
+import weakref
+from typing import Any
+
+import cloudpickle
+
+from ipkernel.serialization import load_function
+
+__all__ = ["FunctionPickles"]
+
+_CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes)
+_GLOBAL_STORES = frozenset(dis.opmap[name] for name in ("STORE_GLOBAL", "DELETE_GLOBAL"))
+#: code object -> the names it (or code nested in it) may read as globals, or None when
+#: it assigns a global name.
+_CODE_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _global_names(code: types.CodeType) -> tuple[str, ...] | None:
+    try:
+        return _CODE_NAMES[code]
+    except KeyError:
+        pass
+    names: tuple[str, ...] | None = tuple(code.co_names)
+    if any(op in _GLOBAL_STORES for op in code.co_code[::2]):
+        names = None
+    for const in code.co_consts:
+        if names is not None and isinstance(const, types.CodeType):
+            nested = _global_names(const)
+            names = None if nested is None else names + nested
+    _CODE_NAMES[code] = names
+    return names
+
+
+def _constants(values: tuple | None) -> bool:
+    return values is None or all(type(v) in _CONSTANT_TYPES for v in values)
+
+
+class _Pickled:
+    """A function already pickled: pickles as ``load_function(data)``."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple:
+        return (load_function, (self.data,))
+
+
+class FunctionPickles:
+    """The client's cache: each stateless function's pickle, and what it depended on."""
+
+    def __init__(self) -> None:
+        self._pickles: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def wrap(self, function: Any) -> Any:
+        """``function`` itself, or for a stateless function (see the module docstring)
+        an object that pickles as it, pickled once for as long as nothing it depends on
+        changes."""
+        key = self._key(function)
+        if key is None:
+            return function
+        cached = self._pickles.get(function)
+        if cached is None or cached[0] != key:
+            try:
+                data = cloudpickle.dumps(function, protocol=5)
+            except Exception:
+                return function  # the task's own pickling reports it, naming the function
+            cached = (key, _Pickled(data))
+            self._pickles[function] = cached
+        return cached[1]
+
+    @staticmethod
+    def _key(function: Any) -> tuple | None:
+        """What the function's pickle depends on, or None if it is not stateless."""
+        if type(function) is not types.FunctionType or function.__closure__ is not None:
+            return None
+        if function.__dict__ or function.__annotations__:
+            return None
+        defaults, kwdefaults = function.__defaults__, function.__kwdefaults__
+        kwitems = None if kwdefaults is None else tuple(kwdefaults.items())
+        if not _constants(defaults) or not (
+            kwitems is None or _constants(tuple(v for _, v in kwitems))
+        ):
+            return None
+        code = function.__code__
+        names = _global_names(code)
+        if names is None:
+            return None
+        namespace = function.__globals__
+        modules = []
+        for name in names:
+            value = namespace.get(name, namespace)
+            if value is namespace:
+                continue
+            if type(value) is not types.ModuleType:
+                return None
+            modules.append((name, value))
+        return (
+            code,
+            defaults,
+            kwitems,
+            tuple(modules),
+            len(sys.modules),
+            function.__name__,
+            function.__qualname__,
+            function.__module__,
+            function.__doc__,
+        )
