@@ -10,8 +10,8 @@ import cloudpickle
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipkernel import serialization
-from ipkernel.client.function_pickles import FunctionPickles
-from ipkernel.serialization import load_function
+from ipkernel.client.function_pickles import FunctionPickles, dump_plain
+from ipkernel.serialization import deserialize, load_function
 
 
 def _in_module(source: str, name: str, **names: object) -> object:
@@ -99,3 +99,29 @@ class WrapTests(SynchronousTestCase):
         f = _in_module("def f():\n    return 1\n", "f")
         self.patch(cloudpickle, "dumps", lambda *a, **k: (_ for _ in ()).throw(TypeError("no")))
         self.assertIs(self.pickles.wrap(f), f)
+
+
+class DumpPlainTests(SynchronousTestCase):
+    def test_plain_body(self) -> None:
+        """A body of constants and a pickled function is pickled by the standard pickler
+        and unpickles to the same values, its function working."""
+        f = _in_module("def f(x):\n    return x + 1\n", "f")
+        body = {
+            "kind": "map",
+            "function": FunctionPickles().wrap(f),
+            "args": (1, "a", [2.5, None], {"k": b"v"}),
+            "kwargs": {"n": True},
+            "push": None,
+        }
+        ser = dump_plain(body)
+        self.assertIsNotNone(ser)
+        got = deserialize(ser.frames())
+        self.assertEqual(got["args"], (1, "a", [2.5, None], {"k": b"v"}))
+        self.assertEqual(got["kwargs"], {"n": True})
+        self.assertEqual(got["function"](1), 2)
+
+    def test_other_bodies(self) -> None:
+        """A body holding a function, an object, a dict with other keys or deeper
+        containers is left to cloudpickle (None)."""
+        for args in ((len,), (object(),), ({1: 2},), ([[[1]]],), (set(),)):
+            self.assertIsNone(dump_plain({"kind": "map", "args": args}), args)

@@ -17,7 +17,7 @@ import datetime
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ipkernel.client.function_pickles import FunctionPickles
+from ipkernel.client.function_pickles import FunctionPickles, dump_plain
 from ipkernel.errors import IPKernelError, SerializationError, error_from_wire, format_error_line
 from ipkernel.frames import Serialized
 from ipkernel.serialization import (
@@ -211,7 +211,7 @@ def _serialize_body(body: dict[str, Any]) -> list[bytes] | Serialized:
     :data:`~ipkernel.wire.transfer.INLINE_LIMIT` bytes on (it then travels apart from
     the message, streamed or through shared memory, and the controller keeps it)."""
     try:
-        ser = dump(body)
+        ser = dump_plain(body) or dump(body)
         return ser.frames() if is_inline(ser) else ser
     except SerializationError:
         # Find the part that cannot be pickled, so the error names it.
