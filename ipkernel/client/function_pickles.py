@@ -38,16 +38,17 @@ __all__ = ["FunctionPickles", "dump_plain"]
 
 _CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes)
 _GLOBAL_STORES = frozenset(dis.opmap[name] for name in ("STORE_GLOBAL", "DELETE_GLOBAL"))
-#: code object -> the names it (or code nested in it) may read as globals, or None when
-#: it assigns a global name.
-_CODE_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: How many code objects and functions the caches below hold (then they start afresh).
+MEMORY = 256
+#: id(code object) -> (the code, the names it or code nested in it may read as globals,
+#: or None when it assigns a global name). By id: hashing a code object hashes its parts.
+_CODE_NAMES: dict[int, tuple[types.CodeType, tuple[str, ...] | None]] = {}
 
 
 def _global_names(code: types.CodeType) -> tuple[str, ...] | None:
-    try:
-        return _CODE_NAMES[code]
-    except KeyError:
-        pass
+    entry = _CODE_NAMES.get(id(code))
+    if entry is not None and entry[0] is code:
+        return entry[1]
     names: tuple[str, ...] | None = tuple(code.co_names)
     if any(op in _GLOBAL_STORES for op in code.co_code[::2]):
         names = None
@@ -55,7 +56,9 @@ def _global_names(code: types.CodeType) -> tuple[str, ...] | None:
         if names is not None and isinstance(const, types.CodeType):
             nested = _global_names(const)
             names = None if nested is None else names + nested
-    _CODE_NAMES[code] = names
+    if len(_CODE_NAMES) >= MEMORY:
+        _CODE_NAMES.clear()
+    _CODE_NAMES[id(code)] = (code, names)
     return names
 
 
@@ -79,7 +82,8 @@ class FunctionPickles:
     """The client's cache: each stateless function's pickle, and what it depended on."""
 
     def __init__(self) -> None:
-        self._pickles: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # id(function) -> (weak reference to it, what its pickle depended on, the pickle)
+        self._pickles: dict[int, tuple[weakref.ref, tuple, _Pickled]] = {}
 
     def wrap(self, function: Any) -> Any:
         """``function`` itself, or for a stateless function (see the module docstring)
@@ -88,15 +92,17 @@ class FunctionPickles:
         key = self._key(function)
         if key is None:
             return function
-        cached = self._pickles.get(function)
-        if cached is None or cached[0] != key:
+        cached = self._pickles.get(id(function))
+        if cached is None or cached[0]() is not function or cached[1] != key:
             try:
                 data = cloudpickle.dumps(function, protocol=5)
             except Exception:
                 return function  # the task's own pickling reports it, naming the function
-            cached = (key, _Pickled(data))
-            self._pickles[function] = cached
-        return cached[1]
+            if len(self._pickles) >= MEMORY:
+                self._pickles.clear()
+            cached = (weakref.ref(function), key, _Pickled(data))
+            self._pickles[id(function)] = cached
+        return cached[2]
 
     @staticmethod
     def _key(function: Any) -> tuple | None:
