@@ -59,6 +59,7 @@ __all__ = [
     "deserialize_failure",
     "dump",
     "load",
+    "load_function",
     "serialize",
     "serialize_failure",
 ]
@@ -323,3 +324,26 @@ def deserialize_failure(frames: Sequence[bytes]) -> BaseException:
     exc_obj.engine_id = engine_id  # type: ignore[attr-defined]
     exc_obj.method = method  # type: ignore[attr-defined]
     return exc_obj
+
+
+#: Functions made by load_function, by their pickles (an engine's, for its tasks).
+_FUNCTIONS: dict[bytes, Any] = {}
+#: How many functions an engine keeps (then it starts afresh).
+FUNCTIONS_MEMORY = 256
+
+
+def load_function(data: bytes) -> Any:
+    """The function pickled in ``data``: the one made from the same bytes before, if any.
+
+    A Task client pickles a stateless function once for many tasks as a call of this
+    (see :mod:`ipkernel.client.function_pickles`), so that the engine unpickles it once.
+
+    :raises Exception: whatever unpickling ``data`` raises.
+    """
+    function = _FUNCTIONS.get(data)
+    if function is None:
+        function = cloudpickle.loads(data)
+        if len(_FUNCTIONS) >= FUNCTIONS_MEMORY:
+            _FUNCTIONS.clear()
+        _FUNCTIONS[data] = function
+    return function

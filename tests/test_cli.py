@@ -1189,3 +1189,20 @@ class TwistdTests(TestCase):
         wait_for(lambda: not process_alive(pid), f"daemon {pid} to exit")
         self.assertFalse(pid_file.exists())
         self.assertIn("controller listening on 127.0.0.1", log_file.read_text())
+
+
+class ControllerGCTests(SynchronousTestCase):
+    def test_tune_gc(self) -> None:
+        """The controller freezes what startup made and raises the collector's
+        thresholds to GC_THRESHOLDS."""
+        import gc
+
+        from ipkernel.cli import ipcontroller
+
+        saved = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *saved)
+        self.addCleanup(gc.unfreeze)
+        before = gc.get_freeze_count()
+        ipcontroller._tune_gc()
+        self.assertEqual(gc.get_threshold(), ipcontroller.GC_THRESHOLDS)
+        self.assertGreater(gc.get_freeze_count(), before)

@@ -1082,3 +1082,16 @@ class InMemoryTaskClientTests(SynchronousTestCase):
         tr = grid.result(tc.get_task_result(tid, block=True))
         self.assertIsInstance(tr.failure, EngineError)
         self.assertIn("engine 0", str(tr.failure))
+
+
+class ResultDumpTests(SynchronousTestCase):
+    def test_constants_and_others_round_trip(self):
+        """A task's return value comes back the same whether the engine pickles it with
+        the standard pickler (constants, nothing pulled) or with cloudpickle."""
+        from ipkernel.engine.tasks import _dump_result
+        from ipkernel.serialization import deserialize
+
+        for result in (({}, None), ({}, 3), ({}, "s"), ({"a": 1}, 2), ({}, [1, {2}])):
+            self.assertEqual(deserialize(_dump_result(result).frames()), result)
+        got = deserialize(_dump_result(({}, lambda: 7)).frames())
+        self.assertEqual(got[1](), 7)

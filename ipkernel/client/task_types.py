@@ -17,6 +17,7 @@ import datetime
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ipkernel.client.function_pickles import FunctionPickles, dump_plain
 from ipkernel.errors import IPKernelError, SerializationError, error_from_wire, format_error_line
 from ipkernel.frames import Serialized
 from ipkernel.serialization import (
@@ -36,6 +37,8 @@ __all__ = [
     "TaskResult",
     "task_to_wire",
 ]
+
+_FUNCTIONS = FunctionPickles()
 
 
 # -- tasks ----------------------------------------------------------------------------------
@@ -184,7 +187,9 @@ class MapTask(BaseTask):
         kwargs = {} if self.kwargs is None else self.kwargs
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise TypeError("MapTask kwargs must be a dict with string keys")
-        return {"kind": "map", "function": self.function, "args": tuple(args), "kwargs": kwargs}
+        # A function sent in many tasks is pickled once (see ipkernel.client.function_pickles).
+        function = _FUNCTIONS.wrap(self.function)
+        return {"kind": "map", "function": function, "args": tuple(args), "kwargs": kwargs}
 
     def __repr__(self) -> str:
         name = getattr(self.function, "__name__", repr(self.function))
@@ -206,7 +211,7 @@ def _serialize_body(body: dict[str, Any]) -> list[bytes] | Serialized:
     :data:`~ipkernel.wire.transfer.INLINE_LIMIT` bytes on (it then travels apart from
     the message, streamed or through shared memory, and the controller keeps it)."""
     try:
-        ser = dump(body)
+        ser = dump_plain(body) or dump(body)
         return ser.frames() if is_inline(ser) else ser
     except SerializationError:
         # Find the part that cannot be pickled, so the error names it.

@@ -30,11 +30,12 @@ engine means "stop"), the runner waits briefly for signals already on their way.
 from __future__ import annotations
 
 import _signal
+import pickle
 import threading
 import time
 from typing import Any
 
-from ipkernel.frames import Serialized
+from ipkernel.frames import KIND_OBJECT, Serialized
 from ipkernel.interfaces.records import STATUSES, TASK_REPLY, TASK_RUN, MalformedRecords
 from ipkernel.serialization import deserialize, dump, serialize_failure
 
@@ -42,6 +43,15 @@ __all__ = ["TaskRunner"]
 
 _OK, _RAISED, _DECLINED, _ERROR = (STATUSES.index(k) for k in ("ok", "raised", "declined", "error"))
 _NO_DIGEST = bytes(32)
+#: Return values that the standard pickler gives back as cloudpickle would, faster.
+_CONSTANT_TYPES = frozenset((type(None), bool, int, float, complex, str, bytes))
+
+
+def _dump_result(result: tuple[dict, Any]) -> Serialized:
+    """A task's ``(pulled names, return value)``, serialized."""
+    if not result[0] and type(result[1]) in _CONSTANT_TYPES:
+        return Serialized(KIND_OBJECT, pickle.dumps(result, protocol=5), [])
+    return dump(result)
 
 
 class TaskRunner:
@@ -201,7 +211,7 @@ class TaskRunner:
         task: Any = None
         try:
             task = deserialize(body)
-            code, value = _OK, self._pack(taskid, dump(self._run_body(task)))
+            code, value = _OK, self._pack(taskid, _dump_result(self._run_body(task)))
         except BaseException as exc:  # user code may raise anything, KeyboardInterrupt too
             if isinstance(exc, SystemExit):
                 exc = RuntimeError(f"user code called sys.exit({exc.code!r})")
