@@ -116,8 +116,8 @@ class Cluster:
     def connect(self, furl: Path | None = None, transport: str | None = None):
         """Fire with a new asynchronous MultiEngine client (waits for the key file).
 
-        ``transport`` is the client's (``'auto'`` or ``'stream'``); by default the
-        cluster's ``IPKERNEL_TRANSPORT``, if its environment sets one.
+        ``transport`` is the client's (``'auto'``, ``'stream'`` or ``'relay'``); by default
+        the cluster's ``IPKERNEL_TRANSPORT``, if its environment sets one.
         """
         transport = transport or self.env.get("IPKERNEL_TRANSPORT")
         furl = furl or self.mec_furl

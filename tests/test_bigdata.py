@@ -2,8 +2,9 @@
 
 Each test starts its own ``ipcontroller`` and ``ipengine`` processes (tests/cluster.py)
 with ``IPKERNEL_TRANSPORT`` set for them and for the client, so the shared-memory path
-(``auto``: client and engines share this host) and the network path (``stream``) are
-both exercised.
+(``auto``: client and engines share this host) and the network path (``stream``: over
+direct links where the data goes to one engine; ``relay``: all through the controller)
+are exercised.
 """
 
 from __future__ import annotations
@@ -160,6 +161,10 @@ class BothPathsMixin:
 
 class SharedMemoryPathTests(BothPathsMixin, TestCase):
     transport = "auto"
+
+
+class RelayPathTests(BothPathsMixin, TestCase):
+    transport = "relay"
 
 
 class StreamPathTests(BothPathsMixin, TestCase):

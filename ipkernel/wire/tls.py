@@ -279,18 +279,19 @@ def connect_tls(
     fingerprint: str,
     timeout: float = 30,
     peer_timeout: float | None = None,
-    identity: Any = None,
+    context: ssl.SSLContext | None = None,
 ) -> ClientPin:
     """Dial ``host:port`` with TLS, accepting only the certificate ``fingerprint`` names.
 
     Returns the :class:`ClientPin`, which says after a failure whether the server showed
     another certificate. ``ValueError`` if ``fingerprint`` is not 64 hex digits.
     ``timeout`` bounds the TCP connection and, again, the handshake. ``peer_timeout``: as
-    for :func:`listen_tls`. With ``identity``, its certificate is shown to the server.
+    for :func:`listen_tls`. ``context``: a :func:`client_context` (one showing a
+    certificate, say); by default one that shows none.
     """
     pin = ClientPin(fingerprint)
-    connector = _Connector(
-        host, port, factory, timeout, reactor, client_context(identity), pin, peer_timeout
-    )
+    if context is None:
+        context = client_context()
+    connector = _Connector(host, port, factory, timeout, reactor, context, pin, peer_timeout)
     connector.connect()
     return pin

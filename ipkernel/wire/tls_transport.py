@@ -14,9 +14,11 @@ data this costs about half the CPU per byte of Twisted's ``TLSMemoryBIOProtocol`
   (``get_buffer(hint)`` / ``buffer_updated(nbytes)``, as asyncio's buffered protocols do;
   the PB broker hands out the destination of a large payload chunk, so the bytes land
   where they belong with no intermediate copy), otherwise a scratch buffer whose
-  contents go to ``dataReceived``. Each record (at most 16 KiB) is delivered as soon as
-  it is read, so the protocol chooses where every record goes: the data after a chunk's
-  header never passes through the scratch buffer.
+  contents go to ``dataReceived``. A protocol's buffer is filled record after record
+  (OpenSSL reads one, at most 16 KiB, at a time) up to its size before the protocol
+  hears of it: a protocol that offers a buffer just large enough for what it expects
+  next (the rest of a chunk, say) chooses where the bytes after it go. ``dataReceived``
+  gets each record as it is read.
 """
 
 from __future__ import annotations
@@ -52,10 +54,14 @@ _WRITE_PIECE = 1024 * 1024
 
 # Writes at least this large are corked (see TLSTransport._send_queued).
 _CORK_FROM = 64 * 1024
+# A TLS 1.3 record's bytes beyond its plaintext: header, content type, tag.
+_RECORD_OVERHEAD = 22
 _FIONREAD = termios.FIONREAD
 _NO_BYTES = bytes(4)
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 _WOULD_BLOCK = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+# What a read returns when nothing more can be read now.
+_STOP = object()
 
 
 def _unread(fd: int) -> int:
@@ -166,10 +172,18 @@ class TLSTransport:
             return self._handshake()
         if self._read_wants_write:
             return None
-        sock = self.socket
         protocol = self.protocol
         buffered = callable(getattr(protocol, "get_buffer", None))
+        # The C object under the SSLSocket, called directly: its Python wrappers cost
+        # about a microsecond per record (thousands of records per 100 MB).
+        tls = getattr(self.socket, "_sslobj", None)
+        if tls is None:
+            return main.CONNECTION_LOST  # closed or unwrapped
+        read, pending = tls.read, tls.pending
         budget = _READ_BUDGET
+        # What the kernel held when last asked, less what has been read since: while it
+        # covers a record, the next read will not find the socket empty.
+        unread = 0
         while True:
             if buffered:
                 buf = protocol.get_buffer(-1)
@@ -180,48 +194,70 @@ class TLSTransport:
                 if self._scratch is None:
                     self._scratch = memoryview(bytearray(_SCRATCH))
                 buf = self._scratch
-            n = 0
-            result = None
-            try:
-                # At most one record (16 KiB), delivered at once: the protocol may want
-                # the next bytes somewhere else (a stream chunk's header is followed by
-                # its data, which goes straight into place).
-                n = sock.recv_into(buf)
-                if not n:
-                    result = main.CONNECTION_DONE
-            except ssl.SSLWantReadError:
-                return None
-            except ssl.SSLWantWriteError:
-                self._read_wants_write = True
-                self.startWriting()  # type: ignore[attr-defined]
-                return None
-            except ssl.SSLZeroReturnError:
-                result = main.CONNECTION_DONE  # the peer's close_notify
-            except ssl.SSLError as exc:
-                _log.info("TLS error: {error}", error=str(exc))
-                result = main.CONNECTION_LOST
-            except OSError as exc:
-                if exc.errno in _WOULD_BLOCK:
-                    return None
-                result = main.CONNECTION_LOST
-            if n:
+            # OpenSSL reads at most one record (16 KiB) at a time. A protocol's own buffer
+            # is filled with record after record, up to its size, before it hears of them
+            # (the rest of a large string goes into place in one piece); dataReceived
+            # gets each record as it is read.
+            got = 0
+            while True:
+                n, result = self._recv_into(read, buf[got:] if got else buf)
+                got += n
+                budget -= n
+                if result is not None:
+                    break
+                # Decrypted bytes OpenSSL still holds never wake the reactor: take them
+                # now. Else, with nothing in the kernel either (the usual end of a small
+                # message), stop rather than have OpenSSL try a read that fails (an
+                # exception, several microseconds): more arriving later makes the socket
+                # readable again. The kernel is asked once per several records.
+                if not pending():
+                    if budget <= 0:
+                        result = _STOP
+                        break
+                    unread -= n + _RECORD_OVERHEAD
+                    if unread < _RECORD_OVERHEAD:
+                        unread = _unread(self.fileno())
+                        if not unread:
+                            result = _STOP
+                            break
+                if not buffered or got == len(buf):
+                    break
+            if got:
                 if buffered:
-                    protocol.buffer_updated(n)
+                    protocol.buffer_updated(got)
                 else:
-                    protocol.dataReceived(bytes(buf[:n]))
+                    protocol.dataReceived(bytes(buf[:got]))
+            if result is _STOP:
+                return None
             if result is not None:
                 return result
             if self.disconnected or self.protocol is not protocol:
                 return None
-            budget -= n
-            # Decrypted bytes OpenSSL still holds never wake the reactor: take them now.
-            if sock.pending():
-                continue
-            # Nothing more in the kernel either (the usual end of a small message): stop
-            # here rather than have OpenSSL try a read that fails (an exception, several
-            # microseconds); more arriving later makes the socket readable again.
-            if budget <= 0 or not _unread(self.fileno()):
-                return None
+
+    def _recv_into(self, read: Any, buf: memoryview) -> tuple[int, Any]:
+        """Read into ``buf`` with ``read`` (the SSL object's): ``(bytes read, None)``;
+        ``(0, _STOP)`` when nothing can be read now; ``(0, reason)`` when the connection
+        is over."""
+        try:
+            n = read(len(buf), buf)
+        except ssl.SSLWantReadError:
+            return 0, _STOP
+        except ssl.SSLWantWriteError:
+            self._read_wants_write = True
+            self.startWriting()  # type: ignore[attr-defined]
+            return 0, _STOP
+        except ssl.SSLZeroReturnError:
+            return 0, main.CONNECTION_DONE  # the peer's close_notify
+        except ssl.SSLEOFError:
+            return 0, main.CONNECTION_DONE  # closed without one, as SSLSocket reports it
+        except ssl.SSLError as exc:
+            _log.info("TLS error: {error}", error=str(exc))
+            return 0, main.CONNECTION_LOST
+        except OSError as exc:
+            if exc.errno in _WOULD_BLOCK:
+                return 0, _STOP
+            return 0, main.CONNECTION_LOST
+        return n, (None if n else main.CONNECTION_DONE)
 
     # Writing
 
