@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import ssl
 import sys
 import traceback
 
@@ -57,6 +58,9 @@ _PRELOAD = (
     # (a first 100 MB push ran at a sixth of the speed of the next). Loaded here, its pages
     # are shared by every engine. Skipped when numpy is not installed.
     "numpy",
+    # numpy loads it at its first use, which is each engine's start: its global random
+    # state is re-seeded there (see _child).
+    "numpy.random",
 )
 
 
@@ -72,6 +76,9 @@ def _preload() -> None:
             pass
     if "twisted.internet.reactor" in sys.modules:
         raise RuntimeError("the reactor was installed before forking engines")
+    # OpenSSL reads its configuration when the first context is made, a few milliseconds
+    # that each engine would otherwise spend before it can dial.
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def _child(args: list[str]) -> int:

@@ -23,6 +23,7 @@ import gc
 import importlib
 import os
 import signal
+import ssl
 import sys
 import traceback
 from collections.abc import Sequence
@@ -58,12 +59,14 @@ SHARED = (
 
 def load_shared() -> None:
     """Import :data:`SHARED` (what this platform lacks, such as epoll, is skipped: each
-    child imports what it needs)."""
+    child imports what it needs), and have OpenSSL read its configuration, which it does
+    when the first TLS context is made."""
     for name in SHARED:
         try:
             importlib.import_module(name)
         except ImportError:
             pass
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def _module(argv: Sequence[str]) -> str | None:
