@@ -19,7 +19,7 @@ from ipkernel.controller.service import ControllerService
 from ipkernel.engine.core import EngineCore
 from ipkernel.engine.interpreter import Interpreter
 from ipkernel.engine.properties import Properties
-from ipkernel.engine.service import EngineService
+from ipkernel.engine.service import KEY_FILE_POLL, EngineService
 from ipkernel.errors import CompositeError, InvalidEngineID
 from ipkernel.security import roles
 from ipkernel.wire.broker import ClientFactory, ServerFactory
@@ -152,7 +152,9 @@ class InMemoryGridTests(SynchronousTestCase):
 
 class EngineServiceBackoffTests(SynchronousTestCase):
     def test_waits_for_the_key_file_with_backoff(self):
-        """Without a key file the engine retries with growing delays, never giving up."""
+        """Without a key file the engine looks again every KEY_FILE_POLL seconds at first,
+        then after a twentieth of the time waited so far, at most max_delay apart, never
+        giving up."""
         clock = Clock()
         core = EngineCore(Interpreter(), Properties())
         service = EngineService(core, self.mktemp(), clock, initial_delay=0.1, max_delay=1.0)
@@ -165,12 +167,15 @@ class EngineServiceBackoffTests(SynchronousTestCase):
 
         service._attempt = counting_attempt
         service.startService()
-        clock.advance(0)
-        for _ in range(12):
-            clock.advance(1.0)
+        while clock.seconds() < 60:
+            clock.advance(0.001)
         delays = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
-        self.assertGreater(len(attempts), 5)
-        self.assertEqual(sorted(delays[:4]), delays[:4])
-        self.assertLessEqual(max(delays), 1.0 + 1e-9)
+        self.assertApproximates(delays[0], KEY_FILE_POLL, 0.002)
+        # Never shorter than the one before (up to the 1 ms steps of the clock here).
+        self.assertTrue(all(b > a - 0.002 for a, b in zip(delays, delays[1:], strict=False)))
+        self.assertGreater(len(attempts), 60)
+        self.assertApproximates(delays[-1], 1.0, 0.002)
+        for start, delay in zip(attempts, delays, strict=False):
+            self.assertLessEqual(delay, max(start / 20, KEY_FILE_POLL) + KEY_FILE_POLL)
         service.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])

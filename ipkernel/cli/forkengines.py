@@ -22,8 +22,10 @@ loaded, is re-seeded from the OS. Only this module's own code runs before the fo
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+import ssl
 import sys
 import traceback
 
@@ -39,7 +41,6 @@ _PRELOAD = (
     "twisted.spread.pb",
     "twisted.logger",
     "twisted.application.service",
-    "ipkernel.tap",
     "ipkernel.cli.ipengine",
     "ipkernel.engine.core",
     "ipkernel.engine.executor",
@@ -50,12 +51,16 @@ _PRELOAD = (
     "ipkernel.shm",
     "ipkernel.wire.connect",
     "ipkernel.wire.direct_listener",
+    "ipkernel.wire.handoff",
     "ipkernel.wire.transfer",
     # Not the engine's own, but what a user's first array brings: unpickling one imports
     # numpy, which would otherwise cost each engine about 0.1 s of CPU inside that call
     # (a first 100 MB push ran at a sixth of the speed of the next). Loaded here, its pages
     # are shared by every engine. Skipped when numpy is not installed.
     "numpy",
+    # numpy loads it at its first use, which is each engine's start: its global random
+    # state is re-seeded there (see _child).
+    "numpy.random",
 )
 
 
@@ -71,6 +76,9 @@ def _preload() -> None:
             pass
     if "twisted.internet.reactor" in sys.modules:
         raise RuntimeError("the reactor was installed before forking engines")
+    # OpenSSL reads its configuration when the first context is made, a few milliseconds
+    # that each engine would otherwise spend before it can dial.
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def _child(args: list[str]) -> int:
@@ -99,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m ipkernel.cli.forkengines N [ipengine options]", file=sys.stderr)
         return 2
     count, engine_args = int(args[0]), args[1:]
+    # Loading modules makes many objects and no garbage: collections would only slow it.
+    # Frozen once loaded, they are left out of every collection, here and in the engines,
+    # so that their pages stay shared instead of being copied when one touches them.
+    gc.disable()
     _preload()
+    gc.freeze()
+    gc.enable()
     sys.stdout.flush()
     sys.stderr.flush()
     children: list[int] = []

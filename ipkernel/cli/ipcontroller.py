@@ -8,7 +8,7 @@ import sys
 from twisted.logger import Logger, globalLogBeginner
 from twisted.python import usage
 
-from ipkernel import tap
+from ipkernel import logfiles, tap
 from ipkernel.cli import lifeline
 from ipkernel.cli.command_options import CommandOptions
 from ipkernel.errors import IPKernelError
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from twisted.internet import reactor
 
-    globalLogBeginner.beginLoggingTo([tap.stderr_observer()], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([logfiles.stderr_observer()], redirectStandardIO=False)
     try:
         service = tap.makeService(options, reactor)
     except IPKernelError as exc:  # the task database cannot be opened

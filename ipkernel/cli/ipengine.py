@@ -10,7 +10,7 @@ import threading
 from twisted.logger import Logger, globalLogBeginner
 from twisted.python import usage
 
-from ipkernel import paths, tap
+from ipkernel import logfiles, paths
 from ipkernel.cli import lifeline
 from ipkernel.cli.command_options import CommandOptions
 
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     from ipkernel.engine.interpreter import Interpreter
     from ipkernel.engine.service import EngineService
 
-    globalLogBeginner.beginLoggingTo([tap.stderr_observer()], redirectStandardIO=False)
-    tap.log_to_file(options["log-dir"], "ipengine")
+    globalLogBeginner.beginLoggingTo([logfiles.stderr_observer()], redirectStandardIO=False)
+    logfiles.log_to_file(options["log-dir"], "ipengine")
     log = Logger(namespace="ipengine")
 
     mpi = mpi_module()

@@ -26,7 +26,7 @@ from typing import Any
 from twisted.logger import globalLogBeginner
 from twisted.python import usage
 
-from ipkernel import paths, tap
+from ipkernel import logfiles, paths, tap
 from ipkernel.cli.command_options import CommandOptions
 
 #: Prefix of the lines this process prints.
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor, task
 
     globalLogBeginner.beginLoggingTo([], redirectStandardIO=False)
-    tap.log_to_file(options["log-dir"], "manyengines")
+    logfiles.log_to_file(options["log-dir"], "manyengines")
     count = options["count"]
     tap.raise_open_files_limit()
     furl = Path(

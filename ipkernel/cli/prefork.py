@@ -19,9 +19,11 @@ nobody adopts is stopped (:meth:`Preforked.discard`).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import signal
+import ssl
 import sys
 import traceback
 from collections.abc import Sequence
@@ -35,10 +37,36 @@ from zope.interface import implementer
 
 from ipkernel.cli.lifeline import CHILD_FD
 
-__all__ = ["FORKABLE", "Preforked", "fork_child"]
+__all__ = ["FORKABLE", "SHARED", "Preforked", "fork_child", "load_shared"]
 
 #: The modules whose ``main(args)`` a forked child may run.
 FORKABLE = ("ipkernel.cli.ipcontroller", "ipkernel.cli.forkengines")
+
+#: What the controller and the engines both load (the reactor's modules, not the reactor
+#: itself, TLS, PB, the key files): :func:`load_shared` loads it once for every child.
+SHARED = (
+    "twisted.internet.epollreactor",
+    "twisted.internet.default",
+    "twisted.internet.ssl",
+    "twisted.spread.pb",
+    "twisted.logger",
+    "twisted.application.service",
+    "ipkernel.security",
+    "ipkernel.wire.broker",
+    "ipkernel.wire.tls",
+)
+
+
+def load_shared() -> None:
+    """Import :data:`SHARED` (what this platform lacks, such as epoll, is skipped: each
+    child imports what it needs), and have OpenSSL read its configuration, which it does
+    when the first TLS context is made."""
+    for name in SHARED:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def _module(argv: Sequence[str]) -> str | None:
@@ -68,6 +96,10 @@ def fork_child(argv: Sequence[str], lifeline_fd: int | None) -> tuple[int, int, 
     err_r, err_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
+    # What is loaded now is never garbage: left out of every collection, in this process
+    # and the child, its pages stay shared instead of being copied when a collection in
+    # the child touches them.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's side; the tests see what it does
         _become(module, list(argv[3:]), out_w, err_w, lifeline_fd)
@@ -92,6 +124,7 @@ def _become(module: str, args: list[str], out: int, err: int, lifeline_fd: int |
         os.closerange(keep, os.sysconf("SC_OPEN_MAX"))
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        gc.enable()  # ipcluster may have turned it off while it loaded modules
         main = importlib.import_module(module)
         sys.argv = [main.__file__ or module, *args]
         result = main.main(args)

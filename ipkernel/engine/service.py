@@ -4,7 +4,9 @@ The engine reads its key file, dials the controller over TLS, logs in, and regis
 :class:`EngineReference` (the PB face of :class:`~ipkernel.engine.core.EngineCore`). If the
 controller is not there yet, or goes away, it retries with back-off, asking for its old id
 on the way back; the key file is read again on every attempt, so a restarted controller
-with new keys is picked up.
+with new keys is picked up. While there is no key file it looks for one again after a
+twentieth of the time it has waited so far (at least :data:`KEY_FILE_POLL`): an engine
+started with its controller dials within a few milliseconds of the key file's writing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from ipkernel.wire.connect import login
 from ipkernel.wire.keepalive import DEFAULT_PEER_TIMEOUT
 from ipkernel.wire.outgoing import OutgoingPayload
 from ipkernel.wire.transfer import find_payloads, when_received
+
+#: Seconds between the first looks for a key file that is not there yet.
+KEY_FILE_POLL = 0.005
+# A missing key file is looked for again after this share of the time waited so far.
+_KEY_FILE_WAIT_SHARE = 0.05
 
 
 class EngineReference(pb.Referenceable):
@@ -105,7 +112,9 @@ def _transfer_failure(failure: Failure) -> str:
 class EngineService(Service):
     """Keeps one engine registered with the controller named by ``furl_file``.
 
-    ``initial_delay``/``max_delay`` bound the back-off (seconds) between attempts.
+    ``initial_delay``/``max_delay`` bound the back-off (seconds) between attempts to reach
+    the controller; a missing key file is looked for more often (see the module's text),
+    at most ``max_delay`` apart.
     :attr:`engine_id` and :attr:`registrar` are set at each (re-)registration; the
     registrar is None while the controller is away. A controller whose host sends
     nothing for ``peer_timeout`` seconds counts as gone (see
@@ -135,6 +144,8 @@ class EngineService(Service):
         self.engine_id: int | None = None
         self.registrar: pb.RemoteReference | None = None
         self._delay = initial_delay
+        # When the engine started waiting for a key file that is not there.
+        self._key_file_missing_since: float | None = None
         self._retry_call = None
         self._last_complaint: str | None = None
         probe = shm.local_probe()
@@ -167,8 +178,9 @@ class EngineService(Service):
         try:
             keyfile = read_key_file(self.furl_file)
         except (KeyFileNotFound, ValueError) as exc:
-            self._retry(str(exc))
+            self._retry(str(exc), key_file_missing=True)
             return
+        self._key_file_missing_since = None
         d = login(
             self.reactor,
             keyfile,
@@ -206,14 +218,22 @@ class EngineService(Service):
             self.log.info("lost the controller; reconnecting")
             self._retry(None)
 
-    def _retry(self, reason: str | None) -> None:
+    def _retry(self, reason: str | None, key_file_missing: bool = False) -> None:
         if not self.running:
             return
         if reason and reason != self._last_complaint:
             self.log.info("waiting for the controller: {reason}", reason=reason)
             self._last_complaint = reason
-        self._retry_call = self.reactor.callLater(self._delay, self._attempt)
-        self._delay = min(self._delay * 1.5, self.max_delay)
+        if key_file_missing:
+            now = self.reactor.seconds()
+            if self._key_file_missing_since is None:
+                self._key_file_missing_since = now
+            waited = now - self._key_file_missing_since
+            delay = min(max(waited * _KEY_FILE_WAIT_SHARE, KEY_FILE_POLL), self.max_delay)
+        else:
+            delay = self._delay
+            self._delay = min(self._delay * 1.5, self.max_delay)
+        self._retry_call = self.reactor.callLater(delay, self._attempt)
 
     def local_host(self) -> str | None:
         """The address of this host that the connection to the controller goes out from

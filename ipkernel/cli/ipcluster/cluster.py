@@ -37,7 +37,7 @@ from ipkernel.cli.launchers import (
 )
 from ipkernel.cli.launchers.local import LocalLauncher
 from ipkernel.cli.lifeline import Lifeline
-from ipkernel.cli.prefork import Preforked
+from ipkernel.cli.prefork import Preforked, load_shared
 from ipkernel.errors import ClusterError
 
 __all__ = ["GRACE", "ClusterSupervisor", "StopRequested", "prefork_children"]
@@ -69,22 +69,27 @@ def prefork_children(options: usage.Options, lifeline: Lifeline) -> Preforked:
     a :class:`ClusterSupervisor` given them (``preforked=``) adopts them when it starts.
 
     The key files of an earlier controller are removed first (unless ``--reuse-keys``), so
-    that the new controller's are never mistaken for stale ones. Nothing is forked where
-    ``os.fork`` does not exist or the reactor is installed already; if a fork fails, the
-    children not forked are spawned as usual.
+    that the new controller's are never mistaken for stale ones. What both children need
+    is loaded first (:func:`~ipkernel.cli.prefork.load_shared`), then the engines' parent
+    is forked, before the controller's code is loaded here: it loads the engines' code
+    while this process loads the controller's. Nothing is forked where ``os.fork`` does
+    not exist or the reactor is installed already; if a fork fails, the children not forked
+    are spawned as usual.
     """
     preforked = Preforked()
     if not hasattr(os, "fork") or "twisted.internet.reactor" in sys.modules:
         return preforked
     if not options["reuse-keys"]:
         _remove_stale_key_files(paths.security_dir(options["security-dir"]))
-    wanted = [("controller", controller_argv(options))]
+    load_shared()
+    wanted = []
     if options["launcher"] == LocalLauncher.name and not options["exec-engines"]:
         command = EngineCommand(
             str(paths.security_dir(options["security-dir"]) / paths.ENGINE_FURL),
             engine_args(options),
         )
         wanted.append(("forkengines", LocalLauncher(None, command).fork_argv(options["n"])))
+    wanted.append(("controller", controller_argv(options)))
     for role, argv in wanted:
         try:
             preforked.fork(role, processes.child_argv(argv, True), lifeline.read_fd)
@@ -343,6 +348,14 @@ class ClusterSupervisor:
 
     def _engine_ended(self, child: processes.ProcessHandle, status: processes.ExitStatus) -> None:
         if self._state == "starting":
+            if isinstance(child, processes.ForkedEngine):
+                # Its end comes as a line on its parent's standard output; its error, written
+                # before, on the parent's standard error, may be read later in this same turn
+                # of the reactor: quote the output once it has been.
+                self.reactor.callLater(
+                    0, lambda: self._fail_startup_with(self._child_failure(child, status))
+                )
+                return
             self._fail_startup_with(self._child_failure(child, status))
         elif self._state == "running":
             if child.role == "forkengines" and status.clean:

@@ -9,6 +9,7 @@ kills every child at once.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -113,7 +114,12 @@ def _run_reactor(
     signal.signal(signal.SIGINT, keep)
     signal.signal(signal.SIGTERM, keep)
     life = Lifeline()
-    preforked = prefork_children(options, life)
+    # Loading modules makes many objects and no garbage: collections would only slow it.
+    gc.disable()
+    try:
+        preforked = prefork_children(options, life)
+    finally:
+        gc.enable()
     try:
         return _serve(options, record, pid_file, log, log_path, out, err, life, preforked, early)
     finally:

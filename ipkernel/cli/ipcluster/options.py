@@ -13,11 +13,12 @@ from pathlib import Path
 
 from twisted.python import usage
 
-from ipkernel import paths, tap
+from ipkernel import paths
 from ipkernel.cli import lifeline
 from ipkernel.cli.command_options import CommandOptions
 from ipkernel.cli.ipcluster.restarts import RESTART_LIMIT, RESTART_PERIOD
 from ipkernel.cli.launchers import LAUNCHERS
+from ipkernel.controller_options import Options as ControllerOptions
 
 __all__ = ["CONTROLLER_MODULE", "StartOptions", "StopOptions", "controller_argv", "engine_args"]
 
@@ -48,10 +49,10 @@ def _seconds(value: str) -> float:
 
 
 def _controller_option_names() -> list[str]:
-    return [entry[0] for entry in (*tap.Options.optParameters, *tap.Options.optFlags)]
+    return [entry[0] for entry in (*ControllerOptions.optParameters, *ControllerOptions.optFlags)]
 
 
-class StartOptions(CommandOptions, tap.Options):
+class StartOptions(CommandOptions, ControllerOptions):
     """Options of ``ipcluster [start]``: the cluster's own, plus every controller option."""
 
     synopsis = "Usage: ipcluster [start] [-n N] [options]\n       ipcluster stop [options]"
@@ -186,14 +187,14 @@ def controller_argv(options: usage.Options, python: str = sys.executable) -> lis
     Options left at their default are not repeated; directories are made absolute.
     """
     argv = [python, "-m", CONTROLLER_MODULE]
-    for name, _short, default, *_rest in tap.Options.optParameters:
+    for name, _short, default, *_rest in ControllerOptions.optParameters:
         value = options[name]
         if value is None or value == default:
             continue
         if name in ("security-dir", "log-dir", "db"):
             value = str(Path(value).expanduser().absolute())
         argv += [f"--{name}", str(value)]
-    for name, *_rest in tap.Options.optFlags:
+    for name, *_rest in ControllerOptions.optFlags:
         if options[name]:
             argv.append(f"--{name}")
     return argv

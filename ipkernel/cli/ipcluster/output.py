@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TextIO
 
 from ipkernel import paths
-from ipkernel.adapters.web.access import read_url_file
 
 __all__ = ["RUNNING", "connect_lines", "open_log", "running_message"]
 
@@ -42,6 +41,10 @@ def running_message(count: int, security_dir: Path, has_task_client: bool = True
     and the status page's URL (from ``ipcontroller-web.url``, when the controller serves
     one)."""
     engines = f"{count} engine" if count == 1 else f"{count} engines"
+    # Here, not at the top: the package of the status page loads the controller's code,
+    # which ipcluster imports only after forking the process that loads the engines.
+    from ipkernel.adapters.web.access import read_url_file
+
     lines = connect_lines(security_dir, has_task_client)
     url = read_url_file(security_dir)
     return (
