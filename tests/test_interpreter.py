@@ -329,6 +329,15 @@ class PushPullTests(InterpreterTestCase):
         self.assertEqual(self.interp.pull(["b", "a"]), [[2, 3], 1])
         self.assertEqual(self.interp.pull(("a",)), [1])
 
+    def test_push_returns_replaced_values(self) -> None:
+        """push returns the values of the names it rebinds (new names give nothing)."""
+        old = [1, 2]
+        self.interp.push({"a": old})
+        replaced = self.interp.push({"a": 3, "b": 4})
+        self.assertEqual(len(replaced), 1)
+        self.assertIs(replaced[0], old)
+        self.assertEqual(self.interp.pull(["a", "b"]), [3, 4])
+
     def test_pull_missing(self) -> None:
         """Pulling an undefined name is a NameError naming it."""
         self.interp.push({"a": 1})

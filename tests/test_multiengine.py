@@ -160,8 +160,10 @@ class DataTests(TestCase):
         big = list(range(200_000))
         yield mec.scatter("big", big)
         self.assertEqual((yield mec.gather("big")), big)
-        with self.assertRaises(SerializationError):
+        with self.assertRaises(SerializationError) as raised:
             yield mec.scatter("bad", [*big, threading.Lock()])
+        # The message names the key and the part's type as the user knows it.
+        self.assertIn("'bad': object of type 'list'", str(raised.exception))
         self.assertEqual((yield mec.pull("bad", targets=0)), [big[:100_001]])
         before = yield mec.keys()
         squares = yield mec.map(lambda x: x**10, range(32))

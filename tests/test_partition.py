@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import deque
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from ipkernel.client.partition import join, partition_sizes, split
+from ipkernel.client.partition import (
+    ListPart,
+    join,
+    join_owned,
+    partition_sizes,
+    split,
+    split_lazily,
+)
 
 try:
     import numpy
@@ -101,6 +109,40 @@ class SplitJoinTests(SynchronousTestCase):
         exc = self.assertRaises(TypeError, join, [[1], None])
         self.assertIn("part 1", str(exc))
         self.assertIn("NoneType", str(exc))
+
+    def test_split_lazily_views_of_a_list(self) -> None:
+        """A list's lazy parts are ListPart views that pickle as the slices split()
+        gives (exact lists, empty parts included), and iterate over the same items."""
+        items = [1, "a", (2, 3), None, 4.5]
+        parts = split_lazily(items, 3)
+        self.assertTrue(all(type(part) is ListPart for part in parts))
+        self.assertEqual([list(part) for part in parts], split(items, 3))
+        for part, want in zip(parts, split(items, 3), strict=True):
+            back = pickle.loads(pickle.dumps(part, protocol=5))
+            self.assertIs(type(back), list)
+            self.assertEqual(back, want)
+        self.assertEqual(pickle.loads(pickle.dumps(split_lazily([1], 2)[1])), [])
+
+    def test_split_lazily_other_sequences(self) -> None:
+        """Anything but a list is split as split() does; bad counts are refused."""
+        self.assertEqual(split_lazily((1, 2, 3), 2), [[1, 2], [3]])
+        self.assertEqual(split_lazily("abc", 2), ["ab", "c"])
+        self.assertRaises(ValueError, split_lazily, [1, 2], 0)
+        self.assertRaises(TypeError, split_lazily, [1, 2], 1.5)
+
+    def test_join_owned_reuses_first_list(self) -> None:
+        """join_owned extends the first part when every part is a list: the result is
+        that list object, holding every item in order."""
+        first = [1, 2]
+        joined = join_owned([first, [3], [], [4, 5]])
+        self.assertIs(joined, first)
+        self.assertEqual(joined, [1, 2, 3, 4, 5])
+
+    def test_join_owned_other_parts(self) -> None:
+        """Parts that are not all lists are joined as join() does; no parts give []."""
+        self.assertEqual(join_owned(["ab", "c"]), "abc")
+        self.assertEqual(join_owned([[1], (2,)]), [1, 2])
+        self.assertEqual(join_owned([]), [])
 
 
 class NumpyTests(SynchronousTestCase):

@@ -28,7 +28,7 @@ from ipkernel.client.connection import ControllerConnection
 from ipkernel.client.engine_payloads import EnginePayloads
 from ipkernel.client.executors import call_function
 from ipkernel.client.ordering import Turn, Turns
-from ipkernel.client.partition import join, split
+from ipkernel.client.partition import ListPart, join, join_owned, split_lazily
 from ipkernel.client.results import ResultList, outcomes_to_results
 from ipkernel.errors import SerializationError
 from ipkernel.frames import Serialized
@@ -379,14 +379,15 @@ class AsyncMultiEngineClient(ControllerConnection):
         Parts differ in size by at most one, larger first, in target order. Large parts
         are pickled one after the other, each sent as soon as it is ready, so an engine
         unpickles its part while the next is being pickled; if a part cannot be
-        serialized, the engines before it have had theirs.
+        serialized, the engines before it have had theirs. A list is read while its
+        parts are pickled: with ``block=False``, do not change it until the call is done.
         """
         _key_list(key)
         check_targets(targets)
         turn = self._turns.reserve()  # before asking for the ids: keeps calls in order
         try:
             ids = yield self._resolve(targets)
-            parts = split(seq, len(ids))
+            parts = split_lazily(seq, len(ids))
             serialized = [_serialized({key: parts[0]})]
             if is_inline(serialized[0]):
                 serialized += [_serialized({key: part}) for part in parts[1:]]
@@ -411,7 +412,7 @@ class AsyncMultiEngineClient(ControllerConnection):
 
     def gather(self, key: str, targets: Targets = "all") -> Deferred:
         """Concatenate each target's ``key`` back together, in target order."""
-        return self._call(targets, "pull", [_key_list(key)], "gather").addCallback(join)
+        return self._call(targets, "pull", [_key_list(key)], "gather").addCallback(join_owned)
 
     @inlineCallbacks
     def map(self, func: Callable, seq: Sequence, targets: Targets = "all"):
@@ -422,7 +423,7 @@ class AsyncMultiEngineClient(ControllerConnection):
         turn = self._turns.reserve()  # before asking for the ids: keeps calls in order
         try:
             ids = yield self._resolve(targets)
-            parts = split(seq, len(ids))
+            parts = split_lazily(seq, len(ids))
             serialized = [dump((func, part)) for part in parts]
             if all(is_inline(ser) for ser in serialized):
                 per_target = [[ser.frames()] for ser in serialized]
@@ -466,7 +467,7 @@ def _serialized(namespace: dict) -> Serialized:
     except SerializationError:
         # Name the value that failed: serializing each one alone says which.
         for key, value in namespace.items():
-            dump(value, name=key)
+            dump(list(value) if isinstance(value, ListPart) else value, name=key)
         raise
 
 

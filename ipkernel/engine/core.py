@@ -32,6 +32,9 @@ from ipkernel.serialization import deserialize, dump, serialize, serialize_failu
 
 Executor = Callable[..., Deferred]
 
+# Values that pushes replaced and that are freed after the answer (see cmd_push).
+_CONTAINERS = (list, tuple, dict, set)
+
 
 class PayloadPolicy(Protocol):
     """How an engine sends large results (see :class:`ipkernel.wire.transfer.EnginePayloads`).
@@ -89,6 +92,8 @@ class EngineCore:
         self._on_kill = on_kill
         self._on_interrupt = on_interrupt
         self._disconnect_listeners: list[Callable[[Any], None]] = []
+        # Values that pushes replaced, freed after their answers (_free_replaced_after).
+        self._replaced: list[Any] = []
         #: Runs the task controller's batches (run_task) and their aborts.
         self.tasks = TaskRunner(self)
 
@@ -111,9 +116,25 @@ class EngineCore:
             return self._executor(self.tasks.run_command, args, options)
         if command in QUEUED_COMMANDS:
             d = self._executor(self._outcome, command, handler, args, options)
+            if command == "push":
+                d = self._free_replaced_after(d)
         else:
             d = succeed(self._outcome(command, handler, args, options))
         return d
+
+    def _free_replaced_after(self, d: Deferred) -> Deferred:
+        """``d``'s result, passed on; the containers that pushes replaced are freed once
+        the callbacks that send the answer have run (freeing a long list, such as the
+        previous part of a scatter, takes milliseconds: the client need not wait)."""
+        answered: Deferred = Deferred()
+
+        def pass_on(result: Any) -> None:
+            replaced, self._replaced = self._replaced, []
+            answered.callback(result)
+            replaced.clear()
+
+        d.addBoth(pass_on)
+        return answered
 
     def notify_on_disconnect(self, callback: Callable[[Any], None]) -> None:
         self._disconnect_listeners.append(callback)
@@ -149,7 +170,11 @@ class EngineCore:
         stay read-only: numpy arrays on the shared pages, never copied by a write."""
         if not isinstance(readonly, bool):
             raise TypeError(f"push's read-only flag must be a bool, not {readonly!r}")
-        self.interpreter.push(_namespace(deserialize(frames, readonly=readonly)))
+        replaced = self.interpreter.push(_namespace(deserialize(frames, readonly=readonly)))
+        # A container is freed item by item, milliseconds for a long list (a scatter's
+        # previous part): after the answer. Other values (arrays) are freed now, so
+        # that the engine holds one copy of a large array once the push has returned.
+        self._replaced.extend(value for value in replaced if isinstance(value, _CONTAINERS))
 
     def cmd_pull(self, keys: object) -> Any:
         return self.interpreter.pull(_keys(keys))

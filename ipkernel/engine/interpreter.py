@@ -315,12 +315,18 @@ class Interpreter:
 
     # Moving objects
 
-    def push(self, ns: dict[str, Any]) -> None:
+    def push(self, ns: dict[str, Any]) -> list[Any]:
         """Bind every name in ``ns`` in the namespace.
+
+        Returns the values those names had (unbound names give nothing), so that the
+        caller chooses when they are freed: freeing a large value takes time.
 
         :raises TypeError: if ``ns`` is not a dict with string keys (nothing is bound).
         """
-        self.namespace.update(_checked_namespace(ns))
+        namespace = self.namespace
+        replaced = [namespace[key] for key in _checked_namespace(ns) if key in namespace]
+        namespace.update(ns)
+        return replaced
 
     def pull(self, keys: str | list[str] | tuple[str, ...]) -> Any:
         """The value of one name, or a list of the values of several names, in order.
