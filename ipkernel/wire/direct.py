@@ -145,11 +145,18 @@ class LinkClientFactory(pb.PBClientFactory):
         super().__init__()
         self.local = local
         self._given_up = False
+        self._connector: Any = None
+
+    def startedConnecting(self, connector: Any) -> None:  # noqa: N802 - Twisted's name
+        self._connector = connector
 
     def give_up(self) -> None:
-        """Close the link if it is up, and refuse it if it comes up later."""
+        """Close the link if it is up, stop dialling or abort the handshake if it is on
+        its way, and refuse the link if it comes up later."""
         self._given_up = True
         self.disconnect()
+        if self._connector is not None:
+            self._connector.disconnect()
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
         return None if self._given_up else super().buildProtocol(addr)

@@ -247,6 +247,15 @@ class _Connector(tcp.Connector):
     def _makeTransport(self) -> _Client:  # noqa: N802 - Twisted's name
         return _Client(self.host, self.port, self.bindAddress, self, self.reactor)
 
+    def disconnect(self) -> None:
+        """Stop dialling, or end the connection: at once (aborted) while its handshake
+        is not done, since nothing of it is worth waiting for."""
+        transport = self.transport
+        if self.state == "connected" and transport is not None and not transport._handshaken:
+            transport.abortConnection()
+        else:
+            super().disconnect()
+
 
 def listen_tls(
     reactor: Any,
