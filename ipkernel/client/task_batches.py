@@ -1,7 +1,9 @@
 """Submitting tasks in batches: the tasks a client submits in a row leave together.
 
 :class:`TaskBatches` queues tasks (from any thread) and sends them at the next reactor
-turn, or before the next call to the controller, in ``run_tasks`` messages of at most
+turn, or before the next call to the controller (for a caller outside the reactor
+thread, :meth:`TaskBatches.send_within`: at once while nothing is on its way, else with
+the next call or a timer that wakes no thread), in ``run_tasks`` messages of at most
 :data:`SEND_MAX_TASKS` tasks and about :data:`SEND_MAX_BYTES` bytes, without waiting for
 each to be acknowledged. It remembers the tasks the controller refused, so that a later
 call naming one fails with the controller's error, and it holds calls back while a batch
