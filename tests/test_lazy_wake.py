@@ -167,32 +167,55 @@ class SendWithinTests(SynchronousTestCase):
     def setUp(self) -> None:
         needs_timerfd()
         self.sent: list[list[int]] = []
+        self.answers: list[Deferred] = []
+        self.ran_now: list = []
         self.reactor = FakeReactor()
         self.batches = TaskBatches(self.call, TaskPayloads("stream"), self.reactor)
-        self.batches.send_within(DELAY)
+        self.batches.send_within(DELAY, self.run_now)
         self.addCleanup(self.batches.close)
         [self.timer] = self.reactor.readers
 
     def call(self, method: str, message: list, *rest) -> Deferred:
         self.sent.append([fields[0] for fields, _ in TASK_SUBMIT.unpack(message)])
-        return Deferred()
+        d: Deferred = Deferred()
+        self.answers.append(d)
+        return d
 
-    def test_queued_tasks_wake_nobody_and_leave_with_the_next_call(self):
-        """send() queues without a call from a thread; the next call to the controller
-        sends the queued tasks first and disarms the timer."""
+    def run_now(self, fn) -> None:
+        self.ran_now.append(fn)
+        fn()
+
+    def test_task_with_nothing_on_its_way_leaves_at_once(self):
+        """A task queued while no batch is unanswered is sent at once through run_now,
+        with no call from a thread and no timer."""
         self.batches.send(1, [[0, [b"body"], None]])
-        self.batches.send(2, [[0, [b"body"], None]])
-        self.assertEqual((self.reactor.from_thread, self.sent), ([], []))
-        self.batches.after_sent(lambda: Deferred())
-        self.assertEqual(self.sent, [[1, 2]])
+        self.assertEqual((self.ran_now, self.sent), ([self.batches.flush], [[1]]))
+        self.assertEqual(self.reactor.from_thread, [])
         self.assertFalse(readable(self.timer.fileno(), 20 * DELAY))
 
-    def test_queued_tasks_leave_when_the_timer_fires(self):
-        """With no call after them, queued tasks leave once the timer fires."""
+    def test_tasks_behind_a_batch_leave_with_the_next_call(self):
+        """Tasks queued while a batch is unanswered wait, waking nobody, and leave
+        together with the next call to the controller, which disarms the timer."""
+        self.batches.send(1, [[0, [b"body"], None]])
+        self.batches.send(2, [[0, [b"body"], None]])
         self.batches.send(3, [[0, [b"body"], None]])
+        self.assertEqual((len(self.ran_now), self.reactor.from_thread), (1, []))
+        self.batches.after_sent(lambda: Deferred())
+        self.assertEqual(self.sent, [[1], [2, 3]])
+        self.assertFalse(readable(self.timer.fileno(), 20 * DELAY))
+
+    def test_tasks_behind_a_batch_leave_when_the_timer_fires(self):
+        """With no call after them, tasks queued behind a batch leave once the timer
+        fires; once every batch is answered, the next task leaves at once again."""
+        self.batches.send(1, [[0, [b"body"], None]])
+        self.batches.send(2, [[0, [b"body"], None]])
         self.assertTrue(readable(self.timer.fileno(), WAIT))
         self.timer.doRead()
-        self.assertEqual(self.sent, [[3]])
+        self.assertEqual(self.sent, [[1], [2]])
+        for d in self.answers:
+            d.callback([])
+        self.batches.send(3, [[0, [b"body"], None]])
+        self.assertEqual((self.sent[-1], len(self.ran_now)), ([3], 2))
 
     def test_close_goes_back_to_the_next_reactor_turn(self):
         """After close() the timer is gone and a queued task asks for a reactor turn."""

@@ -115,12 +115,14 @@ class AsyncTaskClient(ControllerConnection):
         self._batches.close()
         super().disconnect()
 
-    def send_within(self, delay: float) -> None:
-        """Tasks :meth:`send` queues from now on leave with the next call to the
-        controller, or ``delay`` seconds after the first of them at the latest: queueing
-        wakes no thread (for a caller outside the reactor thread that usually calls soon
-        after, such as the blocking client). Reactor code."""
-        self._batches.send_within(delay)
+    def send_within(self, delay: float, run_now: Callable[[Callable[[], Any]], None]) -> None:
+        """For a caller outside the reactor thread (the blocking client): a task
+        :meth:`send` queues while no batch is on its way leaves at once through
+        ``run_now`` (the reactor handoff's ``call_from_thread``), later ones with the
+        next call or ``delay`` seconds after the first of them, without waking the
+        reactor thread (see :meth:`TaskBatches.send_within
+        <ipkernel.client.task_batches.TaskBatches.send_within>`). Reactor code."""
+        self._batches.send_within(delay, run_now)
 
     def _call(self, method: str, *args: Any, about: Sequence[int] = ()) -> Deferred:
         """Call the controller after the tasks submitted so far; fail instead with the
@@ -221,8 +223,8 @@ class AsyncTaskClient(ControllerConnection):
     def send(self, taskid: int, wire: list, acknowledged: Deferred | None = None) -> None:
         """Queue the task ``wire`` under the reserved id ``taskid`` (any thread).
 
-        Tasks queued in a row leave together at the next reactor turn (or within the
-        delay of :meth:`send_within`), or before the next call to the controller.
+        Tasks queued in a row leave together at the next reactor turn (or as
+        :meth:`send_within` says), or before the next call to the controller.
         ``acknowledged`` fires with ``None`` once the controller
         accepted the task, or errbacks with its refusal.
         """

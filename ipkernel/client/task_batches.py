@@ -1,7 +1,9 @@
 """Submitting tasks in batches: the tasks a client submits in a row leave together.
 
 :class:`TaskBatches` queues tasks (from any thread) and sends them at the next reactor
-turn, or before the next call to the controller, in ``run_tasks`` messages of at most
+turn, or before the next call to the controller (for a caller outside the reactor
+thread, :meth:`TaskBatches.send_within`: at once while nothing is on its way, else with
+the next call or a timer that wakes no thread), in ``run_tasks`` messages of at most
 :data:`SEND_MAX_TASKS` tasks and about :data:`SEND_MAX_BYTES` bytes, without waiting for
 each to be acknowledged. It remembers the tasks the controller refused, so that a later
 call naming one fails with the controller's error, and it holds calls back while a batch
@@ -67,29 +69,39 @@ class TaskBatches:
         self._on_lost = on_lost
         # Batches whose answer was lost with the connection, with their Deferreds.
         self._lost: list[tuple[list[Queued], Deferred]] = []
-        # The timer that sends queued tasks when no call does (see send_within).
+        # The timer that sends queued tasks when no call does, and how to send at once
+        # (see send_within).
         self._lazy: LazyWake | None = None
+        self._run_now: Callable[[Callable[[], Any]], None] | None = None
 
-    def send_within(self, delay: float) -> None:
-        """From now on, tasks queued leave with the next call to the controller, or
-        ``delay`` seconds after the first of them at the latest, rather than at the next
-        reactor turn: queueing a task wakes no thread (reactor code; see
-        :mod:`ipkernel.wire.lazy_wake`). Until :meth:`close`."""
+    def send_within(self, delay: float, run_now: Callable[[Callable[[], Any]], None]) -> None:
+        """Send from a thread other than the reactor's without waking it (reactor code).
+
+        From now on, a task queued while no batch is on its way (none sent and not
+        answered yet) leaves at once, through ``run_now(flush)`` (which sends it from the
+        calling thread when the reactor is idle: ``ReactorHandoff.call_from_thread``),
+        so the controller has it as soon as can be. Tasks queued while one is on its way
+        wait to leave together, with the next call to the controller or ``delay``
+        seconds after the first of them at the latest, through a timer that wakes no
+        thread (:mod:`ipkernel.wire.lazy_wake`). Until :meth:`close`.
+        """
         if self._lazy is None:
             self._lazy = LazyWake(self._reactor, self.flush, delay)
+            self._run_now = run_now
 
     def close(self) -> None:
         """Stop the timer of :meth:`send_within` (reactor code); tasks queued later
         leave at the next reactor turn again."""
         lazy, self._lazy = self._lazy, None
+        self._run_now = None
         if lazy is not None:
             lazy.close()
 
     def send(self, taskid: int, wire: list, acknowledged: Deferred | None = None) -> None:
         """Queue the task ``wire`` under the reserved id ``taskid`` (any thread).
 
-        Tasks queued in a row leave together at the next reactor turn (or within the
-        delay of :meth:`send_within`), or before the next call to the controller.
+        Tasks queued in a row leave together at the next reactor turn (or as
+        :meth:`send_within` says), or before the next call to the controller.
         ``acknowledged`` fires with ``None`` once the controller accepted the task, or
         errbacks with its refusal.
         """
@@ -98,10 +110,14 @@ class TaskBatches:
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
-            if self._lazy is not None:
+            run_now = self._run_now
+            if self._lazy is not None and self._unacked:
                 self._lazy.arm()  # under the lock: a flush's disarm cannot overtake it
                 return
-        self._reactor.callFromThread(self.flush)
+        if run_now is not None:
+            run_now(self.flush)
+        else:
+            self._reactor.callFromThread(self.flush)
 
     def flush(self) -> None:
         """Send every queued task now, in as few messages as the limits allow."""

@@ -10,12 +10,13 @@
 
 Most methods forward to the :class:`~ipkernel.client.task_async.AsyncTaskClient` through
 :mod:`ipkernel.client.blocking`. ``run`` returns the new task's id at once: it takes an id
-the client reserved ahead and queues the task, with no round trip to the controller and
-none to the reactor thread: the task leaves with the next call, or after
+the client reserved ahead and sends the task at once (from the caller's own thread when
+the reactor thread is idle), with no round trip to the controller and no thread switch;
+tasks submitted while one is on its way leave together with the next call, or after
 :data:`SEND_WITHIN` seconds at the latest. The waits (``map``, ``barrier``,
 ``get_task_result(s)``) show a progress bar counting their tasks when they last
-(:mod:`ipkernel.client.progress`);
-``executor()`` makes a ``concurrent.futures`` executor (:mod:`ipkernel.client.executors`).
+(:mod:`ipkernel.client.progress`); ``executor()`` makes a ``concurrent.futures`` executor
+(:mod:`ipkernel.client.executors`).
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ __all__ = ["AT_EXIT_TIMEOUT", "SEND_WITHIN", "TaskClient", "TaskMapper"]
 #: How long, at most, a program's exit waits for the controller to take its last tasks.
 AT_EXIT_TIMEOUT = 10.0
 
-#: Seconds a task submitted waits, at most, for the program's next call to take it to the
-#: controller before a timer does (waking the reactor thread at once for each task costs
-#: more than a round trip's worth of waiting on a busy machine).
+#: Seconds a task submitted while an earlier batch is on its way waits, at most, for the
+#: program's next call to take it to the controller before a timer does (so that tasks
+#: submitted in a row leave together, and none wakes the reactor thread).
 SEND_WITHIN = 0.0005
 
 
@@ -77,7 +78,9 @@ class TaskClient:
             AsyncTaskClient.connect, self._bridge.reactor, keyfile, source, transport
         )
         self._bridge.serve(self._async.broker)
-        self._bridge.call(self._async.send_within, SEND_WITHIN)
+        self._bridge.call(
+            self._async.send_within, SEND_WITHIN, self._bridge.handoff.call_from_thread
+        )
         self.block: bool = True
         self._pending: weakref.WeakSet[PendingResult] = weakref.WeakSet()
         # Tasks still on their way when the program ends must not be lost with the
@@ -104,9 +107,10 @@ class TaskClient:
         """Submit ``task``; return its id (an int) at once.
 
         Raises ``ValueError``/``TypeError`` for a bad option or a looping recovery chain,
-        ``SerializationError`` naming a value that cannot be pickled. The task leaves
-        with the next ones submitted in a row, with the client's next call or
-        :data:`SEND_WITHIN` seconds after the first of them at the latest; a task whose
+        ``SerializationError`` naming a value that cannot be pickled. The task leaves at
+        once, or, while an earlier batch is on its way, with the next ones submitted in
+        a row, with the client's next call or :data:`SEND_WITHIN` seconds after the
+        first of them at the latest; a task whose
         body is large (arrays of :data:`~ipkernel.wire.transfer.INLINE_LIMIT` bytes or
         more) is sent before this returns, so its arrays may change afterwards.
         """
