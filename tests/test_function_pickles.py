@@ -64,7 +64,8 @@ class WrapTests(SynchronousTestCase):
 
     def test_stateful_functions_not_wrapped(self) -> None:
         """A closure, a function with a global value, with a mutable default, with
-        attributes or annotations, or that assigns a global, is left as it is."""
+        attributes or annotations, or that assigns a global (by name or through
+        globals()), is left as it is."""
         closure = _in_module("def outer():\n    y = 1\n    return lambda: y\n", "outer")()
         data = _in_module("def f():\n    return g[0]\n", "f", g=[1])
         default = _in_module("def f(x=[]):\n    return x\n", "f")
@@ -73,7 +74,9 @@ class WrapTests(SynchronousTestCase):
         annotated = _in_module("def f(x: int) -> int:\n    return x\n", "f")
         assigns = _in_module("def f():\n    global z\n    z = 1\n", "f")
         nested = _in_module("def f():\n    def g():\n        global z\n        z = 1\n", "f")
-        for f in (closure, data, default, attribute, annotated, assigns, nested, len, print):
+        by_dict = _in_module("def f():\n    globals()['z'] = 1\n", "f")
+        functions = (closure, data, default, attribute, annotated, assigns, nested, by_dict)
+        for f in (*functions, len, print):
             self.assertIs(self.pickles.wrap(f), f, f)
 
     def test_changes_pickle_again(self) -> None:

@@ -8,11 +8,11 @@ given the same bytes again reuses the function it made from them.
 
 Only a *stateless* function is reused this way: a plain function without a closure,
 ``__dict__`` entries or annotations, whose defaults are constants, whose code assigns no
-global name, and whose global names (as far as it has any) are modules. Its pickle then
-depends on nothing that can change without changing what the cache compares: its code,
-names, defaults, the modules it names and the set of imported modules (``sys.modules``,
-for the submodules that cloudpickle makes the engine import). Any other function is
-pickled with its task, as before.
+global name (nor calls ``globals()``), and whose global names (as far as it has any) are
+modules. Its pickle then depends on nothing that can change without changing what the
+cache compares: its code, names, defaults, the modules it names and the set of imported
+modules (``sys.modules``, for the submodules that cloudpickle makes the engine import).
+Any other function is pickled with its task, as before.
 
 A body made only of built-in constants (in lists, tuples and dicts with string keys, at
 most two deep inside the body) and such pickled functions needs none of cloudpickle's
@@ -50,8 +50,8 @@ def _global_names(code: types.CodeType) -> tuple[str, ...] | None:
     if entry is not None and entry[0] is code:
         return entry[1]
     names: tuple[str, ...] | None = tuple(code.co_names)
-    if any(op in _GLOBAL_STORES for op in code.co_code[::2]):
-        names = None
+    if "globals" in names or any(op in _GLOBAL_STORES for op in code.co_code[::2]):
+        names = None  # it may assign globals, through globals() if not by name
     for const in code.co_consts:
         if names is not None and isinstance(const, types.CodeType):
             nested = _global_names(const)
