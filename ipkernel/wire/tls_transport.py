@@ -175,8 +175,10 @@ class TLSTransport:
         protocol = self.protocol
         buffered = callable(getattr(protocol, "get_buffer", None))
         # The C object under the SSLSocket, called directly: its Python wrappers cost
-        # about a microsecond per record (thousands of records per 100 MB).
-        tls = getattr(self.socket, "_sslobj", None)
+        # about a microsecond per record (thousands of records per 100 MB). A Python
+        # without that attribute gets the public methods, which take the same arguments.
+        sock = self.socket
+        tls = getattr(sock, "_sslobj", sock)
         if tls is None:
             return main.CONNECTION_LOST  # closed or unwrapped
         read, pending = tls.read, tls.pending
