@@ -48,16 +48,26 @@ command lines), :mod:`~ipkernel.cli.ipcluster.cluster` (one running cluster),
 (``ipcluster stop`` and the pid file).
 """
 
-from ipkernel.cli.ipcluster.cluster import ClusterSupervisor, StopRequested
-from ipkernel.cli.ipcluster.command import main, start_main
-from ipkernel.cli.ipcluster.options import (
-    StartOptions,
-    StopOptions,
-    controller_argv,
-    engine_args,
-)
-from ipkernel.cli.ipcluster.output import connect_lines
-from ipkernel.cli.ipcluster.stop import stop_main
+import gc
+
+# Loading these modules, and Twisted's under them, makes many objects and no garbage:
+# collections meanwhile would only slow every start of ipcluster.
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    from ipkernel.cli.ipcluster.cluster import ClusterSupervisor, StopRequested
+    from ipkernel.cli.ipcluster.command import main, start_main
+    from ipkernel.cli.ipcluster.options import (
+        StartOptions,
+        StopOptions,
+        controller_argv,
+        engine_args,
+    )
+    from ipkernel.cli.ipcluster.output import connect_lines
+    from ipkernel.cli.ipcluster.stop import stop_main
+finally:
+    if _collecting:
+        gc.enable()
 
 __all__ = [
     "ClusterSupervisor",

@@ -58,10 +58,7 @@ def _run(cluster: ClusterSupervisor, out: TextIO, err: TextIO) -> Deferred:
             print(f"ipcluster: {exc}", file=err, flush=True)
             yield cluster.stop()
             return 0 if isinstance(exc, StopRequested) else 1
-        from ipkernel import client as client_module
-
-        has_task = hasattr(client_module, "TaskClient")
-        print(running_message(count, cluster.security, has_task), file=out, flush=True)
+        print(running_message(count, cluster.security), file=out, flush=True)
         code, why, announce = yield cluster.ended
         cluster.note(f"ending: {why}")
         if announce:
