@@ -118,11 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr.flush()
     children: list[int] = []
     stopping: list[int] = []
-    parent = os.getpid()
 
     def pass_on(signum: int, frame: object) -> None:
-        if os.getpid() != parent:
-            return  # a child, before it has set its own handlers: never signal siblings
         stopping.append(signum)
         for pid in children:
             try:
@@ -134,11 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     # every engine started; each child sets its own handlers first thing.
     signal.signal(signal.SIGTERM, pass_on)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    held = {signal.SIGTERM}
     for _ in range(count):
         if stopping:
             break
+        # SIGTERM is held back across the fork: in this process until the new engine is
+        # in ``children`` (so that pass_on reaches it), and in the engine until it has the
+        # default action again (pass_on, inherited, would drop a SIGTERM sent to it).
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
         pid = os.fork()
         if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
             code = 1
             try:
                 code = _child(engine_args)
@@ -153,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.flush()
                 os._exit(code if isinstance(code, int) else 1)
         children.append(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         _report("engine-pid", pid)
     while children:
         try:
