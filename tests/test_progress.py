@@ -333,8 +333,9 @@ tids = [tc.run(client.MapTask(slow, (0.7,))) for _ in range(4)]
 tc.barrier(tids, **kw)
 if not short:
     # More tasks than progress.SPLIT_ABOVE: the barrier is asked for in groups, which
-    # count them (the first two hold the engines for 1.2 s).
-    tids = [tc.run(client.MapTask(slow, (1.2 if i < 2 else 0,))) for i in range(1500)]
+    # count them. The last two hold the engines for 1.2 s: submitted last, they still
+    # run when the barrier starts however long the submitting took.
+    tids = [tc.run(client.MapTask(slow, (1.2 if i >= 1498 else 0,))) for i in range(1500)]
     tc.barrier(tids, **kw)
     assert tc.map(slow, [0.7] * 4, chunksize=1, **kw) == [0.7] * 4
     tid = tc.run(client.MapTask(slow, (1.3,)))
