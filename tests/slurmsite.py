@@ -144,9 +144,7 @@ class SlurmSite:
 
     def run(self, *argv: str) -> subprocess.CompletedProcess:
         """Run a Slurm command against this cluster."""
-        return subprocess.run(
-            list(argv), env=self.env, capture_output=True, text=True, timeout=60
-        )
+        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True, timeout=60)
 
     def jobs(self) -> list[str]:
         """``<id>|<state>|<reason>`` for every job in the queue (pending, running, ending)."""

@@ -37,12 +37,17 @@ def rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+#: Entries of /dev/shm that other programs make and remove at any time, ipkernel never:
+#: multiprocessing's semaphores, and Open MPI's shared-memory segments (the MPI tests,
+#: run beside these with ``trial -j``, make them).
+_OTHERS = ("sem.mp-", "vader_segment.")
+
+
 def dev_shm() -> set[str]:
-    """The entries of /dev/shm, less multiprocessing's semaphores (``sem.mp-*``): other
-    programs on the machine make and remove those at any time, ipkernel never does."""
+    """The entries of /dev/shm, less those other programs make (``_OTHERS``)."""
     if not os.path.isdir("/dev/shm"):
         return set()
-    return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.mp-")}
+    return {name for name in os.listdir("/dev/shm") if not name.startswith(_OTHERS)}
 
 
 def held_segments(pid: int) -> list[str]:

@@ -293,8 +293,10 @@ class PBEngineTests(IEngineTestsMixin, TestCase):
     def registered(self) -> Deferred:
         """Fires once the engine service is registered with the controller."""
         return poll(
-            lambda: self.service.registrar is not None
-            and self.service.engine_id in self.controller.registry.ids(),
+            lambda: (
+                self.service.registrar is not None
+                and self.service.engine_id in self.controller.registry.ids()
+            ),
             "the engine to register",
         )
 

@@ -41,7 +41,6 @@ class WatchTests(TestCase):
         lifeline.watch(reactor, self.line.read_fd, lambda: ended.callback(True))
         return ended
 
-
     def test_reactor_shutdown_is_not_the_end(self):
         """A reactor shutting down disconnects its readers: that does not call on_end."""
         from twisted.internet.main import CONNECTION_LOST
