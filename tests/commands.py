@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +53,22 @@ def wait_for(predicate, what: str, deadline: float = DEADLINE) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def stop_ipcluster(testcase, cluster: CLIProcess, env: dict, engines, what: str) -> None:
+    """``ipcluster stop``: it and the running ``cluster`` exit 0, and every pid of
+    ``engines`` ends (``what`` names them in a timeout)."""
+    stop = subprocess.run(
+        [sys.executable, "-m", "ipkernel.cli.ipcluster", "stop"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    testcase.assertEqual(stop.returncode, 0, stop.stderr)
+    code, _, err = cluster.wait()
+    testcase.assertEqual(code, 0, err)
+    wait_for(lambda: all(gone(pid) for pid in engines), what)
 
 
 class CLIProcess:

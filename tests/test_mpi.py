@@ -26,7 +26,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.cluster import Cluster, child_env, stop_process
-from tests.commands import CLIProcess, gone, wait_for
+from tests.commands import CLIProcess, stop_ipcluster
 
 try:
     import mpi4py  # noqa: F401
@@ -153,17 +153,7 @@ class _MPITests:
         self.assertEqual([row[:3] for row in pulled], [[0, 0, 3], [1, 1, 3], [2, 2, 3]])
         self.assertTrue(all(self.implementation in row[3] for row in pulled), pulled)
         engines = [row[4] for row in pulled]
-        stop = subprocess.run(
-            [sys.executable, "-m", "ipkernel.cli.ipcluster", "stop"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        self.assertEqual(stop.returncode, 0, stop.stderr)
-        code, _, err = cluster.wait()
-        self.assertEqual(code, 0, err)
-        wait_for(lambda: all(gone(pid) for pid in engines), "the engines to end")
+        stop_ipcluster(self, cluster, env, engines, "the engines to end")
 
 
 class OpenMPITests(_MPITests, TestCase):

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ipkernel.cli.launchers import SlurmLauncher
 from ipkernel.cli.launchers.slurmstate import JobState, explain, parse_queue, queue_argv
 from tests.cluster import child_env
-from tests.commands import CLIProcess, gone, wait_for
+from tests.commands import CLIProcess, stop_ipcluster
 from tests.slurmsite import SlurmSite
 from tests.test_cli import FakeRunner, command
 
@@ -171,18 +171,8 @@ class SlurmClusterTests(TestCase):
         )
         engines = [pid for *_, pid in pulled]
 
-        stop = subprocess.run(
-            [sys.executable, "-m", "ipkernel.cli.ipcluster", "stop"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        self.assertEqual(stop.returncode, 0, stop.stderr)
-        code, _, err = cluster.wait()
-        self.assertEqual(code, 0, err)
+        stop_ipcluster(self, cluster, env, engines, "the engines to end")
         self.assertEqual(site.jobs(), [])
-        wait_for(lambda: all(gone(pid) for pid in engines), "the engines to end")
 
     def test_job_that_cannot_start_says_why(self):
         """A job asking for more CPUs than the cluster has stays pending: ipcluster says so

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ipkernel import __version__, paths
 from ipkernel.cli.launchers.hostcheck import diagnose, prepare_command
 from tests.cluster import child_env
-from tests.commands import CLIProcess, gone, wait_for
+from tests.commands import CLIProcess, gone, stop_ipcluster, wait_for
 from tests.sshhosts import SSHSite
 
 # The tree under test: remote engines must import it, not whatever ipkernel is installed.
@@ -205,18 +205,8 @@ class SSHClusterTests(TestCase):
         )
         self.assertEqual(sorted(pid for _, pid, _ in pulled), sorted(engines["n1"] + engines["n2"]))
 
-        stop = subprocess.run(
-            [sys.executable, "-m", "ipkernel.cli.ipcluster", "stop"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        self.assertEqual(stop.returncode, 0, stop.stderr)
-        code, _, err = cluster.wait()
-        self.assertEqual(code, 0, err)
         remote = engines["n1"] + engines["n2"]
-        wait_for(lambda: all(gone(pid) for pid in remote), "the remote engines to end")
+        stop_ipcluster(self, cluster, env, remote, "the remote engines to end")
         self.assertEqual([site.engine_pids(label) for label in ("n1", "n2")], [[], []])
 
     def test_hosts_that_cannot_run_engines(self):
