@@ -4,11 +4,10 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 from _cluster import LocalCluster, median_time
+from _proc import cpu_seconds, pss_mb
 
 MB = 1_000_000
 
@@ -20,24 +19,6 @@ def bytes_written() -> int:
             if line.startswith("wchar:"):
                 return int(line.split()[1])
     raise RuntimeError("no wchar in /proc/self/io")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) that process ``pid`` has used so far."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    # After the command name (which may hold spaces and parentheses): fields 3 onwards;
-    # utime and stime are fields 14 and 15, in clock ticks.
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pss_mb(pid: int) -> float:
-    """A process's proportional set size in MB: a page shared by N counts 1/N in each."""
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024 / MB
-    raise RuntimeError(f"no Pss for {pid}")
 
 
 def controller_pid(cluster: LocalCluster) -> int:

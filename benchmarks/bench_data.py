@@ -77,7 +77,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _cluster import LocalCluster, median_time  # noqa: E402
-from _many_engines import controller_pid, cpu_seconds, fan_out, share_many  # noqa: E402
+from _many_engines import controller_pid, fan_out, share_many  # noqa: E402
+from _proc import cpu_seconds, rss_mib  # noqa: E402
 
 MB = 1_000_000
 MiB = 2**20
@@ -175,14 +176,6 @@ def per_100MB(mec, pid: int, fn, repeat: int, figures: dict, name: str) -> float
         None if relayed is None or after is None else round((after - relayed) / repeat / MB, 1)
     )
     return seconds
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 PROBE = """

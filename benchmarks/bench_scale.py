@@ -46,24 +46,13 @@ import threading
 import time
 from pathlib import Path
 
+from _proc import cpu_seconds, rss_mib
+
 ENGINE_MARKER = "ipkernel-many:"
 
 
 def noop(*args):
     return None
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Controller:
@@ -156,7 +145,7 @@ def one_size(n: int, repeat: int, tasks: int, profile: str | None) -> dict:
         mec = client.MultiEngineClient(str(controller.security / "ipcontroller-mec.furl"))
         time.sleep(0.5)
         figures["controller_rss_idle_MiB"] = round(rss_mib(pid), 1)
-        cpu0 = cpu_s(pid)
+        cpu0 = cpu_seconds(pid)
         started = controller.start_engines(n)
         deadline = time.monotonic() + 300
         while len(mec.get_ids()) < n:
@@ -164,7 +153,7 @@ def one_size(n: int, repeat: int, tasks: int, profile: str | None) -> dict:
                 raise RuntimeError(f"only {len(mec.get_ids())} of {n} engines registered")
             time.sleep(0.01)
         figures["register_s"] = round(time.time() - min(started), 3)
-        figures["controller_cpu_register_s"] = round(cpu_s(pid) - cpu0, 3)
+        figures["controller_cpu_register_s"] = round(cpu_seconds(pid) - cpu0, 3)
 
         mec.execute("a=1")
         time.sleep(0.5)
@@ -174,9 +163,9 @@ def one_size(n: int, repeat: int, tasks: int, profile: str | None) -> dict:
             (rss - figures["controller_rss_idle_MiB"]) * 1024 / n, 1
         )
 
-        cpu0 = cpu_s(pid)
+        cpu0 = cpu_seconds(pid)
         figures["execute_s"] = round(median_s(lambda: mec.execute("a=1"), repeat), 4)
-        figures["controller_cpu_execute_s"] = round((cpu_s(pid) - cpu0) / repeat, 4)
+        figures["controller_cpu_execute_s"] = round((cpu_seconds(pid) - cpu0) / repeat, 4)
         data = list(range(1_000_000))
         figures["scatter_s"] = round(median_s(lambda: mec.scatter("x", data), repeat), 4)
         figures["gather_s"] = round(median_s(lambda: mec.gather("x"), repeat), 4)
@@ -186,13 +175,13 @@ def one_size(n: int, repeat: int, tasks: int, profile: str | None) -> dict:
 
         tc = client.TaskClient(str(controller.security / "ipcontroller-tc.furl"))
         tc.barrier([tc.run(client.MapTask(noop)) for _ in range(100)])
-        cpu0 = cpu_s(pid)
+        cpu0 = cpu_seconds(pid)
         start = time.perf_counter()
         tc.barrier([tc.run(client.MapTask(noop)) for _ in range(tasks)])
         elapsed = time.perf_counter() - start
         figures["tasks_s"] = round(elapsed, 3)
         figures["tasks_per_s"] = round(tasks / elapsed)
-        figures["controller_cpu_tasks_s"] = round(cpu_s(pid) - cpu0, 3)
+        figures["controller_cpu_tasks_s"] = round(cpu_seconds(pid) - cpu0, 3)
         tc.clear()
         tc.close()
         figures["controller_rss_end_MiB"] = round(rss_mib(pid), 1)

@@ -60,6 +60,8 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+from _proc import cpu_seconds
+
 
 def noop(*args):
     return None
@@ -129,12 +131,6 @@ class PageReader:
         self._thread.join(10)
         self._connection.close()
         return self.events
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def task_rate(tc, client, tasks: int, controller_pid: int) -> tuple[float, float]:
