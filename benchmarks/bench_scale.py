@@ -38,7 +38,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import threading
 import time
 from pathlib import Path
 
+from _cluster import median_time
 from _proc import cpu_seconds, rss_mib
 
 ENGINE_MARKER = "ipkernel-many:"
@@ -126,15 +126,6 @@ def listen_overflows() -> int | None:
     return None
 
 
-def median_s(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def one_size(n: int, repeat: int, tasks: int, profile: str | None) -> dict:
     from ipkernel import client
 
@@ -164,11 +155,13 @@ def one_size(n: int, repeat: int, tasks: int, profile: str | None) -> dict:
         )
 
         cpu0 = cpu_seconds(pid)
-        figures["execute_s"] = round(median_s(lambda: mec.execute("a=1"), repeat), 4)
+        figures["execute_s"] = round(median_time(lambda: mec.execute("a=1"), repeat, warmup=0), 4)
         figures["controller_cpu_execute_s"] = round((cpu_seconds(pid) - cpu0) / repeat, 4)
         data = list(range(1_000_000))
-        figures["scatter_s"] = round(median_s(lambda: mec.scatter("x", data), repeat), 4)
-        figures["gather_s"] = round(median_s(lambda: mec.gather("x"), repeat), 4)
+        figures["scatter_s"] = round(
+            median_time(lambda: mec.scatter("x", data), repeat, warmup=0), 4
+        )
+        figures["gather_s"] = round(median_time(lambda: mec.gather("x"), repeat, warmup=0), 4)
         if mec.gather("x") != data:
             raise AssertionError("gather did not give back what was scattered")
         mec.execute("x = None")
