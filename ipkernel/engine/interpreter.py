@@ -323,8 +323,9 @@ class Interpreter:
 
         :raises TypeError: if ``ns`` is not a dict with string keys (nothing is bound).
         """
+        ns = _checked_namespace(ns)
         namespace = self.namespace
-        replaced = [namespace[key] for key in _checked_namespace(ns) if key in namespace]
+        replaced = [namespace[key] for key in ns if key in namespace]
         namespace.update(ns)
         return replaced
 
