@@ -6,13 +6,13 @@ import ctypes
 import gc
 import mmap
 import sys
-import time
 import weakref
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from ipkernel.wire import prefault
 from ipkernel.wire.buffers import allocate_part
+from tests.commands import wait_for
 
 MiB = 1024 * 1024
 
@@ -29,14 +29,6 @@ def resident_pages(part: mmap.mmap) -> int:
     finally:
         del anchor
     return sum(v & 1 for v in vec)
-
-
-def wait_for(predicate, what: str, deadline: float = 10.0) -> None:
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class PrefaultTests(SynchronousTestCase):
